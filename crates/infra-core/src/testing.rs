@@ -1,0 +1,140 @@
+//! Helpers for tests that need a real engine (enable the `testing` feature in
+//! dev-dependencies).
+//!
+//! A test that needs an engine calls [`engine`] (or [`podman`]) and returns
+//! early on `None`: on a machine without one it prints why it skipped; under
+//! `CI=true` it fails instead, because CI installs and starts both engines.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::cluster::node::{
+    ensure_node_image, node_specs, remove_node_containers, start_node_containers,
+};
+use crate::engine::Engine;
+use crate::load::nodes::KindNode;
+
+/// Podman's rootful API socket, where `.ci/run` starts it.
+pub const PODMAN_SOCKET: &str = "unix:///run/podman/podman.sock";
+
+/// Label put on everything a test creates, so leftovers can be found.
+pub const TEST_LABEL: &str = "io.kind-e2e.test";
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Skips (prints why, returns `None`) or, under `CI=true`, fails.
+pub fn skip_or_fail(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: {why} (CI=true, so this is a failure, not a skip)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// The default engine (DOCKER_HOST, else the first default socket).
+pub async fn engine(test: &str) -> Option<Engine> {
+    match Engine::connect().await {
+        Ok(engine) => Some(engine),
+        Err(e) => {
+            skip_or_fail(test, &format!("needs a container engine: {e}"));
+            None
+        }
+    }
+}
+
+/// Podman's Docker-compatible API at [`PODMAN_SOCKET`] (or `E2E_PODMAN_HOST`).
+pub async fn podman(test: &str) -> Option<Engine> {
+    let endpoint = std::env::var("E2E_PODMAN_HOST").unwrap_or_else(|_| PODMAN_SOCKET.into());
+    match Engine::connect_to(&endpoint).await {
+        Ok(engine) => Some(engine),
+        Err(e) => {
+            skip_or_fail(
+                test,
+                &format!("needs Podman's API service at {endpoint}: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// A name unique to this process and call, for clusters, images and files.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Where tests write build logs.
+pub fn log_dir() -> PathBuf {
+    std::env::temp_dir().join("kind-e2e-test-logs")
+}
+
+/// Removes an image a test built (ignoring "not found").
+pub async fn remove_image(engine: &Engine, reference: &str) {
+    let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+        .force(true)
+        .build();
+    let _ = engine
+        .docker()
+        .remove_image(reference, Some(options), None)
+        .await;
+}
+
+/// Containerd node containers labelled like a Kind cluster's, removed when
+/// dropped (also when the test panics).
+pub struct TestCluster {
+    pub name: String,
+    pub nodes: Vec<KindNode>,
+    endpoint: String,
+}
+
+impl TestCluster {
+    /// A control plane and `workers` workers.
+    pub async fn start(engine: &Engine, prefix: &str, workers: usize) -> TestCluster {
+        let name = unique_name(prefix);
+        let image = ensure_node_image(engine, &log_dir())
+            .await
+            .unwrap_or_else(|e| panic!("building the node image: {e:?}"));
+        let labels = HashMap::from([(TEST_LABEL.to_string(), "true".to_string())]);
+        let nodes = start_node_containers(
+            engine,
+            &image.reference,
+            &name,
+            &node_specs(&name, workers),
+            &labels,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("starting node containers for {name}: {e:?}"));
+        TestCluster {
+            name,
+            nodes,
+            endpoint: engine.endpoint().to_string(),
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // Drop cannot await; remove from a thread with its own runtime, which
+        // also works when the test's runtime is shutting down.
+        let name = self.name.clone();
+        let endpoint = self.endpoint.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for cleanup");
+            runtime.block_on(async {
+                if let Ok(engine) = Engine::connect_to(&endpoint).await {
+                    let _ = remove_node_containers(&engine, &name).await;
+                }
+            });
+        })
+        .join();
+    }
+}

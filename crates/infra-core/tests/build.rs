@@ -1,0 +1,247 @@
+//! `build_image_for_kind` against the real engines `.ci/run` starts: Docker by
+//! default, and Podman through its Docker-compatible socket.
+
+use std::path::Path;
+use std::time::Duration;
+
+use infra_core::testing::{self, unique_name};
+use infra_core::{E2eImageConfig, Engine, ImageError, build_image_for_kind};
+
+/// A FROM-scratch context with a static busybox, so no registry is needed.
+fn busybox_context(test: &str) -> Option<tempfile::TempDir> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        testing::skip_or_fail(
+            test,
+            "needs a static busybox at /bin/busybox (apt-get install busybox-static)",
+        );
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(busybox, dir.path().join("busybox")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY app/ /app/\n\
+         ENTRYPOINT [\"/bin/busybox\", \"sh\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("app")).unwrap();
+    std::fs::write(dir.path().join("app/config.txt"), "v1\n").unwrap();
+    std::fs::write(dir.path().join("app/scratch.log"), "noise\n").unwrap();
+    std::fs::write(dir.path().join(".dockerignore"), "app/*.log\n").unwrap();
+    Some(dir)
+}
+
+fn config(service: &str, dir: &Path) -> E2eImageConfig {
+    E2eImageConfig::new(service, "Dockerfile")
+        .image("e2e-test/busybox")
+        .context(dir)
+        .log_dir(testing::log_dir())
+}
+
+async fn cold_build_cache_hit_and_rebuild(engine: Engine, test: &str) {
+    let Some(dir) = busybox_context(test) else {
+        return;
+    };
+    let service = unique_name("svc");
+    let config = config(&service, dir.path());
+
+    let cold = build_image_for_kind(&engine, &config).await.unwrap();
+    assert!(!cold.cached);
+    assert!(
+        cold.reference
+            .starts_with(&format!("localhost/e2e-test/busybox:{service}-")),
+        "{}",
+        cold.reference
+    );
+    assert_eq!(
+        cold.reference.rsplit('-').next().unwrap(),
+        &cold.input_digest[..12]
+    );
+    assert!(cold.image_id.starts_with("sha256:"), "{}", cold.image_id);
+    let inspect = engine
+        .docker()
+        .inspect_image(&cold.reference)
+        .await
+        .unwrap();
+    let labels = inspect.config.unwrap().labels.unwrap();
+    assert_eq!(labels["io.kind-e2e.service"], service);
+    assert_eq!(labels["io.kind-e2e.input-digest"], cold.input_digest);
+    assert!(
+        std::fs::read_to_string(&cold.log)
+            .unwrap()
+            .contains("COPY busybox")
+    );
+
+    let warm = build_image_for_kind(&engine, &config).await.unwrap();
+    assert!(warm.cached, "same inputs must hit the cache");
+    assert_eq!(warm.reference, cold.reference);
+    assert_eq!(warm.image_id, cold.image_id);
+    assert!(
+        warm.seconds < 1.0,
+        "a cache hit took {:.2}s; it must not build",
+        warm.seconds
+    );
+
+    std::fs::write(dir.path().join("app/scratch.log"), "ignored change\n").unwrap();
+    let ignored = build_image_for_kind(&engine, &config).await.unwrap();
+    assert!(
+        ignored.cached,
+        "changing an ignored file must not change the tag"
+    );
+    assert_eq!(ignored.reference, cold.reference);
+
+    std::fs::write(dir.path().join("app/config.txt"), "v2\n").unwrap();
+    let changed = build_image_for_kind(&engine, &config).await.unwrap();
+    assert!(!changed.cached, "changing a sent file must rebuild");
+    assert_ne!(changed.reference, cold.reference);
+    assert_ne!(changed.image_id, cold.image_id);
+
+    testing::remove_image(&engine, &cold.reference).await;
+    testing::remove_image(&engine, &changed.reference).await;
+}
+
+#[tokio::test]
+async fn docker_builds_then_hits_the_cache_then_rebuilds_on_change() {
+    let test = "docker_builds_then_hits_the_cache_then_rebuilds_on_change";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    cold_build_cache_hit_and_rebuild(engine, test).await;
+}
+
+#[tokio::test]
+async fn podman_builds_the_same_way_through_its_compatible_socket() {
+    let test = "podman_builds_the_same_way_through_its_compatible_socket";
+    let Some(engine) = testing::podman(test).await else {
+        return;
+    };
+    assert_eq!(engine.kind(), infra_core::EngineKind::Podman);
+    cold_build_cache_hit_and_rebuild(engine, test).await;
+}
+
+async fn failing_build_names_service_dockerfile_step_and_output(engine: Engine, test: &str) {
+    let Some(dir) = busybox_context(test) else {
+        return;
+    };
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about to fail; exit 3\"]\n",
+    )
+    .unwrap();
+    let service = unique_name("broken");
+    let err = build_image_for_kind(&engine, &config(&service, dir.path()))
+        .await
+        .unwrap_err();
+    let message = infra_core::error_chain(&err);
+    match &err {
+        ImageError::BuildFailed {
+            step, tail, log, ..
+        } => {
+            assert!(step.contains("RUN"), "step: {step}");
+            assert!(tail.contains("about to fail"), "tail: {tail}");
+            assert!(log.exists());
+        }
+        other => panic!("expected BuildFailed, got {other:?}"),
+    }
+    assert!(message.contains(&service), "{message}");
+    assert!(message.contains("Dockerfile"), "{message}");
+}
+
+#[tokio::test]
+async fn a_failing_build_names_the_service_the_dockerfile_the_step_and_the_output() {
+    let test = "a_failing_build_names_the_service_the_dockerfile_the_step_and_the_output";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    failing_build_names_service_dockerfile_step_and_output(engine, test).await;
+}
+
+#[tokio::test]
+async fn a_failing_podman_build_is_reported_the_same_way() {
+    let test = "a_failing_podman_build_is_reported_the_same_way";
+    let Some(engine) = testing::podman(test).await else {
+        return;
+    };
+    failing_build_names_service_dockerfile_step_and_output(engine, test).await;
+}
+
+#[tokio::test]
+async fn a_missing_dockerfile_is_reported_before_anything_is_sent() {
+    let test = "a_missing_dockerfile_is_reported_before_anything_is_sent";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let Some(dir) = busybox_context(test) else {
+        return;
+    };
+    let config = E2eImageConfig::new("gateway", "docker/gateway.Dockerfile")
+        .context(dir.path())
+        .log_dir(testing::log_dir());
+    let err = build_image_for_kind(&engine, &config).await.unwrap_err();
+    let message = infra_core::error_chain(&err);
+    assert!(
+        message.contains("gateway") && message.contains("docker/gateway.Dockerfile"),
+        "{message}"
+    );
+    assert!(matches!(err, ImageError::Context { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_failing_pre_build_command_stops_the_build_with_its_output() {
+    let test = "a_failing_pre_build_command_stops_the_build_with_its_output";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let Some(dir) = busybox_context(test) else {
+        return;
+    };
+    let config = config("prebuild", dir.path()).pre_build("echo compiling; echo boom >&2; exit 7");
+    let err = build_image_for_kind(&engine, &config).await.unwrap_err();
+    let message = infra_core::error_chain(&err);
+    assert!(
+        message.contains("prebuild") && message.contains("boom"),
+        "{message}"
+    );
+
+    // A pre-build that writes into the context is part of the inputs.
+    let config = config_with_artifact(dir.path(), "one");
+    let first = build_image_for_kind(&engine, &config).await.unwrap();
+    let again = build_image_for_kind(&engine, &config).await.unwrap();
+    assert!(again.cached);
+    let changed = build_image_for_kind(&engine, &config_with_artifact(dir.path(), "two"))
+        .await
+        .unwrap();
+    assert_ne!(changed.reference, first.reference);
+    testing::remove_image(&engine, &first.reference).await;
+    testing::remove_image(&engine, &changed.reference).await;
+}
+
+fn config_with_artifact(dir: &Path, content: &str) -> E2eImageConfig {
+    config("prebuild-ok", dir).pre_build(format!("echo {content} > app/artifact.txt"))
+}
+
+#[tokio::test]
+async fn a_dead_docker_host_is_reported_in_seconds_naming_it() {
+    let started = std::time::Instant::now();
+    let err = Engine::connect_from(Some("unix:///nonexistent/e2e-test.sock"))
+        .await
+        .unwrap_err();
+    let message = infra_core::error_chain(&err);
+    assert!(
+        message.contains("DOCKER_HOST=unix:///nonexistent/e2e-test.sock"),
+        "{message}"
+    );
+    assert!(message.contains("podman system service"), "{message}");
+
+    // A TCP listener that accepts but never answers: the ping timeout bounds it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let err = Engine::connect_from(Some(&format!("tcp://127.0.0.1:{port}")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no answer within"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(listener);
+}

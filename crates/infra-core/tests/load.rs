@@ -1,0 +1,185 @@
+//! `load_image_to_kind` into real containerd node containers labelled like a
+//! Kind cluster's, on the engines `.ci/run` starts.
+
+use std::path::Path;
+
+use infra_core::load::nodes::image_ids_on_node;
+use infra_core::testing::{self, TestCluster, unique_name};
+use infra_core::{
+    E2eImageConfig, Engine, LoadError, LoadMethod, build_image_for_kind, load_image_to_kind,
+};
+
+async fn busybox_image(engine: &Engine, test: &str) -> Option<infra_core::BuiltImage> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        testing::skip_or_fail(test, "needs /bin/busybox (apt-get install busybox-static)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(busybox, dir.path().join("busybox")).unwrap();
+    // A unique file makes a unique image id, so no other test's load can be
+    // mistaken for this one's.
+    std::fs::write(dir.path().join("marker"), unique_name(test)).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\n",
+    )
+    .unwrap();
+    let config = E2eImageConfig::new("loadtest", "Dockerfile")
+        .image("e2e-test/load")
+        .context(dir.path())
+        .log_dir(testing::log_dir());
+    Some(build_image_for_kind(engine, &config).await.unwrap())
+}
+
+async fn assert_on_every_node(engine: &Engine, cluster: &TestCluster, reference: &str, id: &str) {
+    for node in &cluster.nodes {
+        let ids = image_ids_on_node(engine, &node.name, reference)
+            .await
+            .unwrap();
+        assert!(
+            ids.iter().any(|i| i == id),
+            "{reference} missing on {}: {ids:?}",
+            node.name
+        );
+    }
+}
+
+async fn stream_skip_and_archive(engine: Engine, test: &str) {
+    let Some(image) = busybox_image(&engine, test).await else {
+        return;
+    };
+    let cluster = TestCluster::start(&engine, "load", 1).await;
+    assert_eq!(cluster.nodes.len(), 2);
+
+    let streamed = load_image_to_kind(&engine, &image.reference, &cluster.name, LoadMethod::Stream)
+        .await
+        .unwrap();
+    assert_eq!(streamed.method, LoadMethod::Stream);
+    assert_eq!(streamed.temp_bytes, 0, "streaming writes no file");
+    assert!(
+        streamed.exported_bytes > 1_000_000,
+        "{}",
+        streamed.exported_bytes
+    );
+    let names: Vec<&str> = streamed.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("{}-control-plane", cluster.name),
+            format!("{}-worker", cluster.name)
+        ]
+    );
+    assert!(streamed.nodes.iter().all(|n| !n.skipped));
+    assert_on_every_node(&engine, &cluster, &image.reference, &image.image_id).await;
+
+    let again = load_image_to_kind(&engine, &image.reference, &cluster.name, LoadMethod::Stream)
+        .await
+        .unwrap();
+    assert!(again.nodes.iter().all(|n| n.skipped), "{:?}", again.nodes);
+    assert_eq!(
+        again.exported_bytes, 0,
+        "nothing is exported when every node has it"
+    );
+
+    let archived = load_image_to_kind(
+        &engine,
+        &image.reference,
+        &cluster.name,
+        LoadMethod::Archive,
+    )
+    .await
+    .unwrap();
+    assert_eq!(archived.method, LoadMethod::Archive);
+    assert!(
+        archived.temp_bytes > 1_000_000,
+        "the archive method writes a tar"
+    );
+    assert!(archived.nodes.iter().all(|n| !n.skipped));
+    assert_on_every_node(&engine, &cluster, &image.reference, &image.image_id).await;
+    testing::remove_image(&engine, &image.reference).await;
+}
+
+#[tokio::test]
+async fn docker_streams_into_two_nodes_skips_when_present_and_archive_still_works() {
+    let test = "docker_streams_into_two_nodes_skips_when_present_and_archive_still_works";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    stream_skip_and_archive(engine, test).await;
+}
+
+#[tokio::test]
+async fn podman_nodes_are_loaded_the_same_way() {
+    let test = "podman_nodes_are_loaded_the_same_way";
+    let Some(engine) = testing::podman(test).await else {
+        return;
+    };
+    stream_skip_and_archive(engine, test).await;
+}
+
+#[tokio::test]
+async fn loading_into_a_cluster_without_nodes_names_the_cluster_and_engine() {
+    let test = "loading_into_a_cluster_without_nodes_names_the_cluster_and_engine";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let Some(image) = busybox_image(&engine, test).await else {
+        return;
+    };
+    let err = load_image_to_kind(
+        &engine,
+        &image.reference,
+        "no-such-cluster",
+        LoadMethod::Stream,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, LoadError::NoNodes { .. }), "{err:?}");
+    let message = infra_core::error_chain(&err);
+    assert!(
+        message.contains("no-such-cluster") && message.contains("docker"),
+        "{message}"
+    );
+    testing::remove_image(&engine, &image.reference).await;
+}
+
+#[tokio::test]
+async fn loading_an_image_the_engine_lacks_says_to_build_it() {
+    let test = "loading_an_image_the_engine_lacks_says_to_build_it";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let err = load_image_to_kind(
+        &engine,
+        "localhost/e2e-test/never-built:x-000000000000",
+        "whatever",
+        LoadMethod::Stream,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, LoadError::ImageMissing { .. }), "{err:?}");
+    assert!(err.to_string().contains("build it first"));
+}
+
+#[tokio::test]
+async fn a_failing_import_reports_the_node_and_ctrs_error() {
+    let test = "a_failing_import_reports_the_node_and_ctrs_error";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let cluster = TestCluster::start(&engine, "badimport", 0).await;
+    // Feed ctr something that is not an image archive.
+    let output = engine
+        .exec_with_stdin(
+            &cluster.nodes[0].name,
+            &["ctr", "--namespace=k8s.io", "images", "import", "-"],
+            Some(futures::stream::iter([bytes::Bytes::from_static(
+                b"not a tar",
+            )])),
+        )
+        .await
+        .unwrap();
+    assert!(!output.success());
+    assert!(!output.tail(5).is_empty());
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs (through apt, as root) and starts what the tests and the tool need on
+# a Debian machine: Docker's engine, Podman's Docker-compatible API service,
+# containerd + runc (copied into node containers) and a static busybox (for
+# FROM-scratch test images). Idempotent: what is installed or answering is left
+# alone.
+set -euo pipefail
+
+PODMAN_SOCKET=/run/podman/podman.sock
+PODMAN_CONF=/etc/containers/kind-e2e-containers.conf
+
+log() { printf '[engines] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+answers() { curl -sf --max-time 3 --unix-socket "$1" http://localhost/_ping >/dev/null 2>&1; }
+
+wait_for() {
+  local socket=$1 what=$2
+  for _ in $(seq 1 60); do
+    answers "$socket" && return 0
+    sleep 0.5
+  done
+  log "$what did not answer on $socket within 30s"
+  return 1
+}
+
+if ! answers /var/run/docker.sock; then
+  log "starting dockerd"
+  as_root bash -c 'nohup /usr/sbin/dockerd >/var/log/dockerd.log 2>&1 &'
+  if ! wait_for /var/run/docker.sock dockerd; then
+    # A stale bridge ("could not find bridge docker0") clears on a restart.
+    as_root pkill -x dockerd || true
+    sleep 1
+    as_root bash -c 'nohup /usr/sbin/dockerd >/var/log/dockerd.log 2>&1 &'
+    wait_for /var/run/docker.sock dockerd || { tail -20 /var/log/dockerd.log >&2; exit 1; }
+  fi
+fi
+
+if ! answers "$PODMAN_SOCKET"; then
+  log "starting podman's API service on $PODMAN_SOCKET"
+  # Podman's default ulimits do not fit these machines ("error setting rlimit").
+  as_root mkdir -p /etc/containers /run/podman
+  as_root tee "$PODMAN_CONF" >/dev/null <<'CONF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+CONF
+  as_root env CONTAINERS_CONF="$PODMAN_CONF" bash -c \
+    "nohup podman system service --time=0 unix://$PODMAN_SOCKET >/var/log/podman-service.log 2>&1 &"
+  wait_for "$PODMAN_SOCKET" podman || { tail -20 /var/log/podman-service.log >&2; exit 1; }
+fi
+
+log "docker and podman answer"
