@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs (through apt, as root) and starts what the tests and the tool need on
 # a Debian machine: Docker's engine, Podman's Docker-compatible API service,
-# containerd + runc (copied into node containers) and a static busybox (for
-# FROM-scratch test images). Idempotent: what is installed or answering is left
+# containerd + runc (copied into node containers), a static busybox (for
+# FROM-scratch test images) and PostgreSQL (the example service's tests).
+# Idempotent: what is installed or answering is left
 # alone.
 set -euo pipefail
 
@@ -22,6 +23,8 @@ command -v containerd >/dev/null 2>&1 || missing+=(containerd)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+# The example DataStorage's own tests start a throwaway PostgreSQL server.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
