@@ -1,10 +1,12 @@
 //! The command line: `cargo xtask <command>`.
 //!
 //! - `image build` / `image load`: the split image API, one step at a time.
+//! - `bench image`: medians of builds and loads on this machine.
 //!
 //! Each subcommand lives in its own module; this file only parses and
 //! dispatches. Errors go to stderr and make the exit status non-zero.
 
+mod bench;
 mod image;
 
 use std::path::PathBuf;
@@ -27,6 +29,15 @@ enum Command {
     /// Build service images and load them into a cluster's nodes.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Measure this machine: builds and loads, medians of several runs.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Cold build, cache-hit build, stream vs archive load into node containers.
+    Image(bench::BenchImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +50,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Image(command) => image::run(command).await,
+            Command::Bench(BenchCommand::Image(args)) => bench::image(args).await,
         }
     });
     match result {
