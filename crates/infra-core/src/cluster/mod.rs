@@ -1,4 +1,557 @@
-//! Clusters. For now: the containerd node containers that stand in for Kind
-//! nodes where kind cannot run ([`node`]).
+//! Clusters: one interface, two providers.
+//!
+//! - [`kind`]: the real thing, through the `kind` CLI;
+//! - [`sim`]: containerd node containers plus an in-memory API server, for
+//!   machines without kind (it never runs containers).
+//!
+//! Both give a [`Cluster`]: a name, a kubeconfig path (written 0600), the node
+//! containers (found by kind's labels, so the loader works on either), and
+//! [`delete`]. [`spec::ClusterSpec`] says what a service needs of its cluster.
 
+pub mod kind;
 pub mod node;
+pub mod sim;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::engine::{Engine, EngineError};
+use crate::load::nodes::{KindNode, find_kind_nodes};
+use kind::{KindCli, KindError};
+use node::NodeError;
+pub use sim::SimServer;
+use spec::ClusterSpec;
+
+/// Which provider makes the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Kind,
+    Sim,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kind" => Ok(Provider::Kind),
+            "sim" => Ok(Provider::Sim),
+            other => Err(format!(
+                "unknown cluster provider `{other}`: use `kind` or `sim`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Kind => "kind",
+            Provider::Sim => "sim",
+        })
+    }
+}
+
+/// What to do when a cluster of that name already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Existing {
+    /// Refuse, saying how to reuse or delete it.
+    #[default]
+    Fail,
+    /// Use it as it is.
+    Reuse,
+    /// Delete it and create a new one.
+    Recreate,
+}
+
+/// Where clusters keep their files, and how they are made.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Kubeconfigs go to `<dir>/<cluster>-config` (default `~/.kube`).
+    pub kubeconfig_dir: PathBuf,
+    /// Sim clusters keep their state in `<dir>/sim/<cluster>/`
+    /// (default `~/.local/state/kind-e2e`).
+    pub state_dir: PathBuf,
+    /// Where the node image's build log goes.
+    pub log_dir: PathBuf,
+    pub existing: Existing,
+    /// Extra labels on sim node containers (run id, service).
+    pub labels: HashMap<String, String>,
+    pub sim_server: SimServer,
+    /// How long `kind create cluster --wait` waits for the control plane.
+    pub kind_wait: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".local").join("state"));
+        ClusterOptions {
+            kubeconfig_dir: home.join(".kube"),
+            state_dir: state.join("kind-e2e"),
+            log_dir: PathBuf::from("target").join("e2e").join("logs"),
+            existing: Existing::Fail,
+            labels: HashMap::new(),
+            sim_server: SimServer::InProcess,
+            kind_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// `<kubeconfig_dir>/<cluster>-config`, as the original named them.
+    pub fn kubeconfig_path(&self, cluster: &str) -> PathBuf {
+        self.kubeconfig_dir.join(format!("{cluster}-config"))
+    }
+}
+
+/// A cluster that exists.
+pub struct Cluster {
+    pub name: String,
+    pub provider: Provider,
+    pub kubeconfig: PathBuf,
+    pub nodes: Vec<KindNode>,
+    /// True when an existing cluster was reused rather than created.
+    pub reused: bool,
+    sim: Option<sim::SimHandle>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("provider", &self.provider)
+            .field("kubeconfig", &self.kubeconfig)
+            .field("nodes", &self.nodes)
+            .field("reused", &self.reused)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// A kube-rs client for this cluster, from its kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client, ClusterError> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// The node container names.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Stops an in-process sim server without deleting anything else (for a
+    /// kept cluster this ends its API, so keep clusters with a detached server).
+    pub async fn release(mut self) {
+        if let Some(handle) = self.sim.take() {
+            handle.shutdown().await;
+        }
+    }
+}
+
+/// A cluster as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterSummary {
+    pub name: String,
+    pub provider: Provider,
+    pub nodes: Vec<String>,
+}
+
+/// Errors of cluster lifecycles. Each names the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster {cluster}: {problem}")]
+    InvalidSpec { cluster: String, problem: String },
+
+    #[error(
+        "cluster {cluster} already exists ({provider}); reuse it (--reuse-cluster) or delete it \
+         (cargo xtask cluster delete {cluster})"
+    )]
+    Exists { cluster: String, provider: Provider },
+
+    #[error("cluster {cluster}: the simulated API server failed: {problem}")]
+    Sim { cluster: String, problem: String },
+
+    #[error(
+        "cluster {cluster} is a {found} cluster, not {wanted}; delete it first or use --cluster {found}"
+    )]
+    WrongProvider {
+        cluster: String,
+        found: Provider,
+        wanted: Provider,
+    },
+
+    #[error("kubeconfig {path}: {problem}")]
+    Kubeconfig { path: PathBuf, problem: String },
+
+    #[error("{what} failed")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Kind(#[from] KindError),
+
+    #[error(transparent)]
+    Node(#[from] NodeError),
+
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Creates (or, per `options.existing`, reuses or recreates) the cluster
+/// `spec` describes.
+pub async fn create(
+    engine: &Engine,
+    provider: Provider,
+    spec: &ClusterSpec,
+    options: &ClusterOptions,
+) -> Result<Cluster, ClusterError> {
+    spec.validate()
+        .map_err(|problem| ClusterError::InvalidSpec {
+            cluster: spec.name.clone(),
+            problem,
+        })?;
+    let kubeconfig = options.kubeconfig_path(&spec.name);
+    if let Some(found) = find(engine, &spec.name, options).await? {
+        if found.provider != provider {
+            return Err(ClusterError::WrongProvider {
+                cluster: spec.name.clone(),
+                found: found.provider,
+                wanted: provider,
+            });
+        }
+        match options.existing {
+            Existing::Fail => {
+                return Err(ClusterError::Exists {
+                    cluster: spec.name.clone(),
+                    provider,
+                });
+            }
+            Existing::Reuse => return reuse(engine, provider, &spec.name, options).await,
+            Existing::Recreate => {
+                delete(engine, &spec.name, options).await?;
+            }
+        }
+    }
+    std::fs::create_dir_all(&options.kubeconfig_dir).map_err(|source| ClusterError::Io {
+        what: format!("creating {}", options.kubeconfig_dir.display()),
+        source,
+    })?;
+    let (nodes, sim) = match provider {
+        Provider::Kind => (create_kind(engine, spec, &kubeconfig, options).await?, None),
+        Provider::Sim => {
+            sim::create(
+                engine,
+                spec,
+                &kubeconfig,
+                &options.state_dir,
+                &options.sim_server,
+                &options.labels,
+                &options.log_dir,
+            )
+            .await?
+        }
+    };
+    Ok(Cluster {
+        name: spec.name.clone(),
+        provider,
+        kubeconfig,
+        nodes,
+        reused: false,
+        sim,
+    })
+}
+
+async fn reuse(
+    engine: &Engine,
+    provider: Provider,
+    name: &str,
+    options: &ClusterOptions,
+) -> Result<Cluster, ClusterError> {
+    let kubeconfig = options.kubeconfig_path(name);
+    match provider {
+        Provider::Kind => {
+            let kind = KindCli::find(engine.kind())?;
+            let text = kind.get_kubeconfig(name).run().await?;
+            write_private(&kubeconfig, &text)?;
+        }
+        Provider::Sim => {
+            if sim::running_server(&options.state_dir, name).is_none() || !kubeconfig.exists() {
+                return Err(ClusterError::Sim {
+                    cluster: name.to_string(),
+                    problem: "its node containers exist but its API server is not running (a sim \
+                              cluster's API lives in memory): delete and recreate it"
+                        .into(),
+                });
+            }
+        }
+    }
+    Ok(Cluster {
+        name: name.to_string(),
+        provider,
+        kubeconfig,
+        nodes: find_kind_nodes(engine, name).await?,
+        reused: true,
+        sim: None,
+    })
+}
+
+async fn create_kind(
+    engine: &Engine,
+    spec: &ClusterSpec,
+    kubeconfig: &Path,
+    options: &ClusterOptions,
+) -> Result<Vec<KindNode>, ClusterError> {
+    let kind = KindCli::find(engine.kind())?;
+    let base = std::env::current_dir().map_err(|source| ClusterError::Io {
+        what: "reading the current directory".into(),
+        source,
+    })?;
+    for mount in &spec.mounts {
+        let host = base.join(&mount.host_path);
+        std::fs::create_dir_all(&host).map_err(|source| ClusterError::Io {
+            what: format!("creating the mount folder {}", host.display()),
+            source,
+        })?;
+    }
+    let mut config = tempfile::Builder::new()
+        .prefix("kind-config-")
+        .suffix(".yaml")
+        .tempfile()
+        .map_err(|source| ClusterError::Io {
+            what: "writing the kind config".into(),
+            source,
+        })?;
+    config
+        .write_all(kind::render_config(spec, &base).as_bytes())
+        .map_err(|source| ClusterError::Io {
+            what: "writing the kind config".into(),
+            source,
+        })?;
+    let wait = format!("{}s", options.kind_wait.as_secs());
+    kind.create(&spec.name, config.path(), kubeconfig, &wait)
+        .run()
+        .await?;
+    // Re-export: the file `--kubeconfig` leaves was found unreliable.
+    let text = kind.get_kubeconfig(&spec.name).run().await?;
+    write_private(kubeconfig, &text)?;
+    Ok(find_kind_nodes(engine, &spec.name).await?)
+}
+
+/// The cluster called `name`, if its node containers exist.
+pub async fn find(
+    engine: &Engine,
+    name: &str,
+    options: &ClusterOptions,
+) -> Result<Option<ClusterSummary>, ClusterError> {
+    Ok(list(engine, options)
+        .await?
+        .into_iter()
+        .find(|c| c.name == name))
+}
+
+/// Every cluster on this engine, kind's and simulated, found by kind's node
+/// labels (sim nodes also carry [`sim::PROVIDER_LABEL`]).
+pub async fn list(
+    engine: &Engine,
+    options: &ClusterOptions,
+) -> Result<Vec<ClusterSummary>, ClusterError> {
+    let _ = options;
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![crate::load::nodes::CLUSTER_LABEL.to_string()],
+    )]);
+    let containers = engine
+        .docker()
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(|e| EngineError::api("listing cluster node containers", e))?;
+    let mut clusters: Vec<ClusterSummary> = Vec::new();
+    for container in containers {
+        let labels = container.labels.unwrap_or_default();
+        let Some(name) = labels.get(crate::load::nodes::CLUSTER_LABEL) else {
+            continue;
+        };
+        let provider = if labels.get(sim::PROVIDER_LABEL).map(String::as_str) == Some("sim") {
+            Provider::Sim
+        } else {
+            Provider::Kind
+        };
+        let node = container
+            .names
+            .unwrap_or_default()
+            .first()
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default();
+        match clusters.iter_mut().find(|c| &c.name == name) {
+            Some(cluster) => cluster.nodes.push(node),
+            None => clusters.push(ClusterSummary {
+                name: name.clone(),
+                provider,
+                nodes: vec![node],
+            }),
+        }
+    }
+    for cluster in &mut clusters {
+        cluster.nodes.sort();
+    }
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(clusters)
+}
+
+/// Deletes the cluster called `name` whatever made it, with its kubeconfig
+/// (and, for sim, its API server and state). Returns whether anything existed.
+pub async fn delete(
+    engine: &Engine,
+    name: &str,
+    options: &ClusterOptions,
+) -> Result<bool, ClusterError> {
+    let kubeconfig = options.kubeconfig_path(name);
+    match find(engine, name, options).await? {
+        Some(found) if found.provider == Provider::Kind => {
+            let kind = KindCli::find(engine.kind())?;
+            kind.delete(name).run().await?;
+            let _ = std::fs::remove_file(&kubeconfig);
+            Ok(true)
+        }
+        // A sim cluster, or leftovers of one (state without nodes).
+        _ => sim::delete(engine, name, &kubeconfig, &options.state_dir).await,
+    }
+}
+
+/// Deletes a cluster this process created, stopping its in-process server.
+pub async fn delete_cluster(
+    engine: &Engine,
+    cluster: Cluster,
+    options: &ClusterOptions,
+) -> Result<(), ClusterError> {
+    let name = cluster.name.clone();
+    cluster.release().await;
+    delete(engine, &name, options).await.map(|_| ())
+}
+
+/// Exports node-level logs (`kind export logs`) into `dir`; for sim clusters,
+/// the API server's log and each node's containerd log.
+pub async fn export_logs(
+    engine: &Engine,
+    cluster: &Cluster,
+    dir: &Path,
+    options: &ClusterOptions,
+) -> Result<(), ClusterError> {
+    std::fs::create_dir_all(dir).map_err(|source| ClusterError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    match cluster.provider {
+        Provider::Kind => {
+            KindCli::find(engine.kind())?
+                .export_logs(&cluster.name, dir)
+                .run()
+                .await?;
+        }
+        Provider::Sim => {
+            let server_log = options
+                .state_dir
+                .join("sim")
+                .join(&cluster.name)
+                .join("server.log");
+            if server_log.exists() {
+                let _ = std::fs::copy(&server_log, dir.join("sim-api-server.log"));
+            }
+            for node in &cluster.nodes {
+                let log = node::container_log_tail(engine, &node.name).await;
+                let _ = std::fs::write(dir.join(format!("{}-containerd.log", node.name)), log);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A kube-rs client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, ClusterError> {
+    let problem = |problem: String| ClusterError::Kubeconfig {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).map_err(|e| problem(crate::error_chain(&e)))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|e| problem(crate::error_chain(&e)))?;
+    kube::Client::try_from(config).map_err(|e| problem(crate::error_chain(&e)))
+}
+
+/// Writes `text` to `path` readable by the owner only (0600), as kubeconfigs
+/// must be.
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| ClusterError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    // An existing file keeps its old mode through `open`; tighten it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_is_written_0600_even_over_a_wider_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/c-config");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "apiVersion: v1\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "apiVersion: v1\n");
+    }
+
+    #[test]
+    fn providers_parse_and_print() {
+        assert_eq!("sim".parse::<Provider>().unwrap(), Provider::Sim);
+        assert!("k3d".parse::<Provider>().unwrap_err().contains("kind"));
+        assert_eq!(
+            ClusterOptions::default()
+                .kubeconfig_path("gw-e2e")
+                .file_name()
+                .unwrap(),
+            "gw-e2e-config"
+        );
+    }
+}

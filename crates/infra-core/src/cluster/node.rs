@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
 };
 
+use super::spec::PortMapping;
 use crate::engine::{Engine, EngineError, EngineKind};
 use crate::image::{BuiltImage, E2eImageConfig, ImageError, build_image_for_kind};
 use crate::load::nodes::{CLUSTER_LABEL, KindNode, ROLE_LABEL, find_kind_nodes};
@@ -56,11 +57,16 @@ pub enum NodeError {
     Engine(#[from] EngineError),
 }
 
-/// The role and name of one node, as kind names them.
+/// One node container: kind's name and role, plus the host ports and folders
+/// it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     pub name: String,
     pub role: String,
+    /// NodePorts published on the host.
+    pub ports: Vec<PortMapping>,
+    /// Host folders bind-mounted into the node (host path, container path).
+    pub mounts: Vec<(PathBuf, String)>,
 }
 
 /// Kind's node names: `<cluster>-control-plane`, then `<cluster>-worker`,
@@ -69,12 +75,16 @@ pub fn node_specs(cluster: &str, workers: usize) -> Vec<NodeSpec> {
     let mut specs = vec![NodeSpec {
         name: format!("{cluster}-control-plane"),
         role: "control-plane".into(),
+        ports: Vec::new(),
+        mounts: Vec::new(),
     }];
     for i in 1..=workers {
         let suffix = if i == 1 { String::new() } else { i.to_string() };
         specs.push(NodeSpec {
             name: format!("{cluster}-worker{suffix}"),
             role: "worker".into(),
+            ports: Vec::new(),
+            mounts: Vec::new(),
         });
     }
     specs
@@ -198,7 +208,26 @@ async fn start_one(
         "/var/lib/containerd".to_string(),
         "rw,exec,size=4g".to_string(),
     )]);
-    let host_config = match engine.kind() {
+    let binds: Vec<String> = spec
+        .mounts
+        .iter()
+        .map(|(host, container)| format!("{}:{container}", host.display()))
+        .collect();
+    let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            (
+                format!("{}/tcp", p.container_port),
+                Some(vec![PortBinding {
+                    host_ip: Some(p.listen_address.clone()),
+                    host_port: Some(p.host_port.to_string()),
+                }]),
+            )
+        })
+        .collect();
+    let exposed_ports: Vec<String> = port_bindings.keys().cloned().collect();
+    let mut host_config = match engine.kind() {
         // `--privileged` is refused on hosts without CAP_SYS_RESOURCE; these
         // grant what containerd needs without it.
         EngineKind::Docker => HostConfig {
@@ -224,10 +253,15 @@ async fn start_one(
             ..Default::default()
         },
     };
+    host_config.binds.get_or_insert_with(Vec::new).extend(binds);
+    if !port_bindings.is_empty() {
+        host_config.port_bindings = Some(port_bindings);
+    }
     let body = ContainerCreateBody {
         image: Some(image.to_string()),
         hostname: Some(spec.name.clone()),
         labels: Some(all_labels),
+        exposed_ports: (!exposed_ports.is_empty()).then_some(exposed_ports),
         host_config: Some(host_config),
         ..Default::default()
     };
@@ -258,10 +292,10 @@ async fn wait_ready(engine: &Engine, node: &str) -> Result<(), NodeError> {
     const SECONDS: u64 = 20;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(SECONDS);
     loop {
-        if let Ok(output) = engine.exec(node, &["ctr", "version"]).await {
-            if output.success() {
-                return Ok(());
-            }
+        if let Ok(output) = engine.exec(node, &["ctr", "version"]).await
+            && output.success()
+        {
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(NodeError::NotReady {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::context::{BuildContext, DigestInputs};
+use super::context::BuildContext;
 use super::{
     BuiltImage, E2eImageConfig, ImageError, LABEL_COVERAGE, LABEL_INPUT_DIGEST, LABEL_SERVICE,
 };
@@ -44,26 +44,12 @@ pub async fn build_image_for_kind(
     }
 
     let build_args = config.effective_build_args();
-    let context = {
-        let root = config.build_context.clone();
-        let dockerfile = config.dockerfile.clone();
-        let target = config.target.clone();
-        let args = build_args.clone();
-        tokio::task::spawn_blocking(move || {
-            let context = BuildContext::scan(&root, &dockerfile)?;
-            let digest = context.digest(&DigestInputs {
-                target: target.as_deref(),
-                build_args: &args,
-            })?;
-            Ok::<_, super::context::ContextError>((context, digest))
-        })
-        .await
-        .expect("context scan does not panic")
+    let (context, input_digest) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || super::scan_and_digest(&config))
+            .await
+            .expect("context scan does not panic")?
     };
-    let (context, input_digest) = context.map_err(|source| ImageError::Context {
-        service: service.clone(),
-        source,
-    })?;
     let reference = config.reference(&input_digest);
 
     // One build per reference at a time in this process: a second caller with

@@ -218,6 +218,36 @@ impl E2eImageConfig {
     }
 }
 
+/// Scans `config`'s build context and computes its input digest, without
+/// running the pre-build command or asking the engine. Reads every sent file:
+/// call it off the async threads.
+pub fn scan_and_digest(
+    config: &E2eImageConfig,
+) -> Result<(context::BuildContext, String), ImageError> {
+    let context_error = |source| ImageError::Context {
+        service: config.service_name.clone(),
+        source,
+    };
+    let scanned = context::BuildContext::scan(&config.build_context, &config.dockerfile)
+        .map_err(context_error)?;
+    let build_args = config.effective_build_args();
+    let digest = scanned
+        .digest(&context::DigestInputs {
+            target: config.target.as_deref(),
+            build_args: &build_args,
+        })
+        .map_err(context_error)?;
+    Ok((scanned, digest))
+}
+
+/// The reference a build of `config` would produce from the files as they are
+/// now (the pre-build command is not run), for plans and dry runs.
+pub fn planned_reference(config: &E2eImageConfig) -> Result<String, ImageError> {
+    config.validate()?;
+    let (_, digest) = scan_and_digest(config)?;
+    Ok(config.reference(&digest))
+}
+
 /// What [`build_image_for_kind`] produced.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BuiltImage {

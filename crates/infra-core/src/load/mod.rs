@@ -346,10 +346,10 @@ where
                 let writes = join_all(writers.iter_mut().map(|slot| {
                     let chunk = chunk.clone();
                     async move {
-                        if let Some(writer) = slot {
-                            if writer.write_all(&chunk).await.is_err() {
-                                *slot = None;
-                            }
+                        if let Some(writer) = slot
+                            && writer.write_all(&chunk).await.is_err()
+                        {
+                            *slot = None;
                         }
                     }
                 }));

@@ -1,0 +1,237 @@
+//! DataStorage, the service every other service's E2E needs: a ConfigMap with
+//! its `config.yaml`, a Secret with the database and Redis credentials, a
+//! Deployment running the image that was actually loaded
+//! (`imagePullPolicy: Never`, `/health` and `/health/ready` probes), and a
+//! Service (NodePort when asked). The coverage variant adds
+//! `GOCOVERDIR=/coverdata` on a hostPath backed by the Kind mount, run as root.
+//!
+//! Configuration reaches the container both as `config.yaml` (mounted at
+//! `/etc/datastorage/`) and as environment variables (`DATASTORAGE_PORT`,
+//! `METRICS_PORT`, `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER`, `DB_PASSWORD`,
+//! `DB_SSLMODE`, `REDIS_ADDR`).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::postgres::PostgresConfig;
+use super::redis::RedisConfig;
+use super::{Component, deployment_ready, object};
+
+/// The container name the image is set on.
+pub const CONTAINER: &str = "datastorage";
+pub const API_PORT: u16 = 8080;
+pub const METRICS_PORT: u16 = 9181;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataStorageConfig {
+    pub namespace: String,
+    pub name: String,
+    /// The fully qualified reference that was loaded into the nodes.
+    pub image: String,
+    /// Publish the API on this NodePort (the original used 30081).
+    pub node_port: Option<u16>,
+    pub coverage: bool,
+    pub postgres: PostgresConfig,
+    pub redis_address: String,
+    pub timeout: Duration,
+}
+
+impl DataStorageConfig {
+    pub fn new(image: &str, postgres: &PostgresConfig, redis: &RedisConfig) -> DataStorageConfig {
+        DataStorageConfig {
+            namespace: postgres.namespace.clone(),
+            name: "datastorage".into(),
+            image: image.to_string(),
+            node_port: None,
+            coverage: false,
+            postgres: postgres.clone(),
+            redis_address: redis.address(),
+            timeout: Duration::from_secs(180),
+        }
+    }
+
+    #[must_use]
+    pub fn node_port(mut self, port: u16) -> Self {
+        self.node_port = Some(port);
+        self
+    }
+
+    #[must_use]
+    pub fn coverage(mut self, on: bool) -> Self {
+        self.coverage = on;
+        self
+    }
+
+    /// The label selector of its pods.
+    pub fn pod_selector(&self) -> String {
+        format!("app={}", self.name)
+    }
+
+    pub fn component(&self) -> Component {
+        let ns = &self.namespace;
+        let name = &self.name;
+        let pg = &self.postgres;
+        let labels = json!({"app": name, "app.kubernetes.io/part-of": "kind-e2e"});
+        let config_yaml = format!(
+            "server:\n  port: {API_PORT}\n  metricsPort: {METRICS_PORT}\n\
+             database:\n  host: {host}\n  port: 5432\n  name: {db}\n  user: {user}\n  sslMode: disable\n\
+             redis:\n  addr: {redis}\n",
+            host = pg.name,
+            db = pg.database,
+            user = pg.user,
+            redis = self.redis_address,
+        );
+        let secret_name = format!("{name}-secret");
+        let mut env = vec![
+            json!({"name": "CONFIG_PATH", "value": "/etc/datastorage/config.yaml"}),
+            json!({"name": "DATASTORAGE_PORT", "value": API_PORT.to_string()}),
+            json!({"name": "METRICS_PORT", "value": METRICS_PORT.to_string()}),
+            json!({"name": "DB_HOST", "value": pg.name}),
+            json!({"name": "DB_PORT", "value": "5432"}),
+            json!({"name": "DB_NAME", "value": pg.database}),
+            json!({"name": "DB_USER", "value": pg.user}),
+            json!({"name": "DB_SSLMODE", "value": "disable"}),
+            json!({"name": "REDIS_ADDR", "value": self.redis_address}),
+            json!({"name": "DB_PASSWORD",
+                   "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "DB_PASSWORD"}}}),
+        ];
+        let mut mounts =
+            vec![json!({"name": "config", "mountPath": "/etc/datastorage", "readOnly": true})];
+        let mut volumes =
+            vec![json!({"name": "config", "configMap": {"name": format!("{name}-config")}})];
+        let mut security = serde_json::Value::Null;
+        if self.coverage {
+            env.push(json!({"name": "GOCOVERDIR", "value": "/coverdata"}));
+            mounts.push(json!({"name": "coverdata", "mountPath": "/coverdata"}));
+            volumes.push(json!({"name": "coverdata",
+                "hostPath": {"path": "/coverdata", "type": "DirectoryOrCreate"}}));
+            // The coverage files are written into a root-owned host folder.
+            security = json!({"runAsUser": 0});
+        }
+        let mut container = json!({
+            "name": CONTAINER,
+            "image": self.image,
+            "imagePullPolicy": "Never",
+            "ports": [
+                {"containerPort": API_PORT, "name": "http"},
+                {"containerPort": METRICS_PORT, "name": "metrics"}
+            ],
+            "env": env,
+            "volumeMounts": mounts,
+            "livenessProbe": {"httpGet": {"path": "/health", "port": API_PORT},
+                "initialDelaySeconds": 2, "periodSeconds": 5, "failureThreshold": 6},
+            "readinessProbe": {"httpGet": {"path": "/health/ready", "port": API_PORT},
+                "initialDelaySeconds": 1, "periodSeconds": 2, "failureThreshold": 60},
+        });
+        if !security.is_null() {
+            container["securityContext"] = security;
+        }
+        let mut api_port = json!({"name": "http", "port": API_PORT, "targetPort": API_PORT});
+        if let Some(port) = self.node_port {
+            api_port["nodePort"] = json!(port);
+        }
+        Component {
+            name: "datastorage".into(),
+            objects: vec![
+                object(json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("{name}-config"), "namespace": ns, "labels": labels},
+                    "data": {"config.yaml": config_yaml}
+                })),
+                object(json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": secret_name, "namespace": ns, "labels": labels},
+                    "type": "Opaque",
+                    "stringData": {"DB_PASSWORD": pg.password, "REDIS_PASSWORD": ""}
+                })),
+                object(json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": name, "namespace": ns, "labels": labels},
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": {"app": name}},
+                        "template": {
+                            "metadata": {"labels": labels},
+                            "spec": {"containers": [container], "volumes": volumes}
+                        }
+                    }
+                })),
+                object(json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": ns, "labels": labels},
+                    "spec": {
+                        "type": if self.node_port.is_some() { "NodePort" } else { "ClusterIP" },
+                        "selector": {"app": name},
+                        "ports": [api_port,
+                            {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT}]
+                    }
+                })),
+            ],
+            ready: vec![deployment_ready(ns, name, self.timeout)],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::test_support::assert_round_trips;
+
+    fn config() -> DataStorageConfig {
+        let pg = PostgresConfig::new("ds-e2e");
+        let redis = RedisConfig::new("ds-e2e");
+        DataStorageConfig::new(
+            "localhost/kubernaut/datastorage:datastorage-0123456789ab",
+            &pg,
+            &redis,
+        )
+    }
+
+    #[test]
+    fn deployment_runs_the_loaded_image_never_pulled() {
+        let component = config().node_port(30081).component();
+        component.objects.iter().for_each(assert_round_trips);
+        let deployment = serde_json::to_value(&component.objects[2]).unwrap();
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["image"],
+            "localhost/kubernaut/datastorage:datastorage-0123456789ab"
+        );
+        assert_eq!(container["imagePullPolicy"], "Never");
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"],
+            "/health/ready"
+        );
+        let env: Vec<&str> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        for key in ["DB_HOST", "DB_PASSWORD", "REDIS_ADDR", "DATASTORAGE_PORT"] {
+            assert!(env.contains(&key), "{key} missing from {env:?}");
+        }
+        assert!(!env.contains(&"GOCOVERDIR"));
+        let service = serde_json::to_value(&component.objects[3]).unwrap();
+        assert_eq!(service["spec"]["ports"][0]["nodePort"], 30081);
+    }
+
+    #[test]
+    fn coverage_mounts_coverdata_and_runs_as_root() {
+        let component = config().coverage(true).component();
+        component.objects.iter().for_each(assert_round_trips);
+        let deployment = serde_json::to_value(&component.objects[2]).unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"][1]["hostPath"]["path"], "/coverdata");
+        let container = &pod["containers"][0];
+        assert_eq!(container["securityContext"]["runAsUser"], 0);
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "GOCOVERDIR")
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Goose-style SQL migrations, applied in the cluster by a Job.
+//!
+//! Files are `<number>_<name>.sql`, applied in numeric order; only the part
+//! between `-- +goose Up` and `-- +goose Down` runs, with `CONCURRENTLY`
+//! stripped (it cannot run inside psql's implicit transaction handling the way
+//! the original piped it). As in the original, an error whose message says
+//! "already exists" is tolerated. Applied versions are recorded in
+//! `e2e_schema_migrations`, so a reused cluster applies only new files.
+//!
+//! The files travel in a ConfigMap; the Job (named after the digest of all
+//! files, because a Job's template cannot change) runs `psql` from the
+//! PostgreSQL image. No kubectl, no exec.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::postgres::PostgresConfig;
+use super::{Component, object};
+use crate::deploy::wait::{Target, Workload};
+
+/// One migration file, reduced to what is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub version: u64,
+    /// The file name, e.g. `001_audit_events.sql`.
+    pub file: String,
+    /// The Up section, `CONCURRENTLY` removed.
+    pub up: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("reading migrations folder {dir} failed")]
+    Read {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("migration {file}: {problem}")]
+    Invalid { file: String, problem: String },
+    #[error("migrations folder {dir} holds no `<number>_<name>.sql` files")]
+    Empty { dir: PathBuf },
+}
+
+/// Reads every `*.sql` file of `dir`, in numeric order of their prefixes.
+pub fn load_migrations(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
+    let read = |source| MigrationError::Read {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut migrations = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read)? {
+        let path = entry.map_err(read)?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("sql") {
+            continue;
+        }
+        let file = path
+            .file_name()
+            .expect("read_dir entries have names")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&path).map_err(read)?;
+        migrations.push(parse_migration(&file, &text)?);
+    }
+    if migrations.is_empty() {
+        return Err(MigrationError::Empty {
+            dir: dir.to_path_buf(),
+        });
+    }
+    migrations.sort_by_key(|m| m.version);
+    for pair in migrations.windows(2) {
+        if pair[0].version == pair[1].version {
+            return Err(MigrationError::Invalid {
+                file: pair[1].file.clone(),
+                problem: format!(
+                    "version {} is also used by {}",
+                    pair[1].version, pair[0].file
+                ),
+            });
+        }
+    }
+    Ok(migrations)
+}
+
+/// Parses one goose file.
+pub fn parse_migration(file: &str, text: &str) -> Result<Migration, MigrationError> {
+    let invalid = |problem: &str| MigrationError::Invalid {
+        file: file.to_string(),
+        problem: problem.to_string(),
+    };
+    let version = file
+        .split('_')
+        .next()
+        .and_then(|prefix| prefix.parse::<u64>().ok())
+        .ok_or_else(|| {
+            invalid("the name must start with a number and `_`, like 001_create_tables.sql")
+        })?;
+    let mut up = String::new();
+    let mut section = None;
+    for line in text.lines() {
+        let annotation = line.trim().strip_prefix("-- +goose").map(str::trim);
+        match annotation {
+            Some(a) if a.starts_with("Up") => section = Some(true),
+            Some(a) if a.starts_with("Down") => section = Some(false),
+            // StatementBegin/End and other annotations only guide goose's splitter.
+            Some(_) => {}
+            None if section == Some(true) => {
+                up.push_str(line);
+                up.push('\n');
+            }
+            None => {}
+        }
+    }
+    if section.is_none() {
+        return Err(invalid("it has no `-- +goose Up` annotation"));
+    }
+    let concurrently = Regex::new(r"(?i)\bCONCURRENTLY\b\s*").expect("a valid regex");
+    Ok(Migration {
+        version,
+        file: file.to_string(),
+        up: concurrently.replace_all(&up, "").into_owned(),
+    })
+}
+
+/// The hex digest of every migration's name and Up section.
+pub fn digest(migrations: &[Migration]) -> String {
+    let mut hasher = Sha256::new();
+    for m in migrations {
+        hasher.update(m.file.as_bytes());
+        hasher.update([0]);
+        hasher.update(m.up.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The shell script the Job runs (`MIGRATIONS_DIR` defaults to the mounted
+/// ConfigMap at `/migrations`): for each file in order, skip it if its
+/// version is recorded, else apply it with psql, tolerate "already exists",
+/// fail on any other error, and record it.
+pub const SCRIPT: &str = r#"set -u
+until pg_isready -q; do sleep 1; done
+psql -v ON_ERROR_STOP=1 -qc 'CREATE TABLE IF NOT EXISTS e2e_schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())' || exit 1
+dir=${MIGRATIONS_DIR:-/migrations}
+for file in $(ls "$dir" | sort); do
+  version=$(echo "${file%%_*}" | sed 's/^0*//'); [ -z "$version" ] && version=0
+  if [ "$(psql -tAc "SELECT 1 FROM e2e_schema_migrations WHERE version = $version")" = "1" ]; then
+    echo "migration $file: already applied"; continue
+  fi
+  out=$(psql -f "$dir/$file" 2>&1); echo "$out"
+  if echo "$out" | grep 'ERROR:' | grep -qv 'already exists'; then
+    echo "migration $file failed" >&2; exit 1
+  fi
+  psql -v ON_ERROR_STOP=1 -qc "INSERT INTO e2e_schema_migrations (version, name) VALUES ($version, '$file')" || exit 1
+  echo "migration $file: applied"
+done
+"#;
+
+/// The ConfigMap holding the files and the Job applying them, against `pg`.
+pub fn component(pg: &PostgresConfig, migrations: &[Migration], timeout: Duration) -> Component {
+    let ns = &pg.namespace;
+    let name = format!("migrations-{}", &digest(migrations)[..12]);
+    let labels = json!({"app": "migrations", "app.kubernetes.io/part-of": "kind-e2e"});
+    let files: serde_json::Map<String, serde_json::Value> = migrations
+        .iter()
+        .map(|m| (config_map_key(m), json!(m.up)))
+        .collect();
+    let secret_env = |env: &str, key: &str| json!({"name": env, "valueFrom": {"secretKeyRef": {"name": pg.secret_name(), "key": key}}});
+    Component {
+        name: "migrations".into(),
+        objects: vec![
+            object(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "data": files
+            })),
+            object(json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {
+                    "backoffLimit": 1,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{
+                                "name": "migrate",
+                                "image": pg.image,
+                                "imagePullPolicy": "IfNotPresent",
+                                "command": ["sh", "-c", SCRIPT],
+                                "env": [
+                                    {"name": "PGHOST", "value": pg.name},
+                                    {"name": "PGPORT", "value": "5432"},
+                                    secret_env("PGDATABASE", "DB_NAME"),
+                                    secret_env("PGUSER", "DB_USER"),
+                                    secret_env("PGPASSWORD", "DB_PASSWORD"),
+                                ],
+                                "volumeMounts": [{"name": "migrations", "mountPath": "/migrations"}]
+                            }],
+                            "volumes": [{"name": "migrations", "configMap": {"name": name}}]
+                        }
+                    }
+                }
+            })),
+        ],
+        ready: vec![Target::new(Workload::Job, ns, &name, timeout)],
+    }
+}
+
+/// `<20-digit version>_<name>`: sorts numerically as text, and only uses the
+/// characters ConfigMap keys allow.
+fn config_map_key(m: &Migration) -> String {
+    let rest = m
+        .file
+        .split_once('_')
+        .map(|(_, r)| r)
+        .unwrap_or("migration.sql");
+    let rest: String = rest
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{:020}_{rest}", m.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::test_support::assert_round_trips;
+
+    const AUDIT: &str = "-- +goose Up\n-- +goose StatementBegin\nCREATE TABLE audit_events (id int);\n\
+        -- +goose StatementEnd\nCREATE INDEX CONCURRENTLY idx_a ON audit_events (id);\n\
+        -- +goose Down\nDROP TABLE audit_events;\n";
+
+    #[test]
+    fn only_the_up_section_without_concurrently() {
+        let m = parse_migration("001_audit_events.sql", AUDIT).unwrap();
+        assert_eq!(m.version, 1);
+        assert!(m.up.contains("CREATE TABLE audit_events"));
+        assert!(m.up.contains("CREATE INDEX idx_a"), "{}", m.up);
+        assert!(!m.up.contains("DROP TABLE"));
+        assert!(!m.up.contains("goose"));
+    }
+
+    #[test]
+    fn files_sort_numerically_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("10_later.sql"),
+            "-- +goose Up\nSELECT 10;\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("9_earlier.sql"),
+            "-- +goose Up\nSELECT 9;\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("README.md"), "not sql").unwrap();
+        let files: Vec<_> = load_migrations(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|m| m.file)
+            .collect();
+        assert_eq!(
+            files,
+            ["9_earlier.sql", "10_later.sql"],
+            "10 after 9, not before"
+        );
+
+        std::fs::write(dir.path().join("010_dup.sql"), "-- +goose Up\n").unwrap();
+        let err = load_migrations(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("010_dup.sql") && err.contains("10_later.sql"),
+            "{err}"
+        );
+
+        let err = parse_migration("create.sql", AUDIT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("create.sql") && err.contains("start with a number"),
+            "{err}"
+        );
+        let err = parse_migration("1_x.sql", "CREATE TABLE x();")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("goose Up"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            load_migrations(empty.path()),
+            Err(MigrationError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn job_is_named_by_content_and_keys_sort_numerically() {
+        let a = vec![
+            parse_migration("9_a.sql", "-- +goose Up\nSELECT 1;\n").unwrap(),
+            parse_migration("10_b.sql", "-- +goose Up\nSELECT 2;\n").unwrap(),
+        ];
+        let pg = PostgresConfig::new("ds-e2e");
+        let component = component(&pg, &a, Duration::from_secs(60));
+        component.objects.iter().for_each(assert_round_trips);
+        let cm = serde_json::to_value(&component.objects[0]).unwrap();
+        let mut keys: Vec<&String> = cm["data"].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["00000000000000000009_a.sql", "00000000000000000010_b.sql"]
+        );
+        let job_name = component.ready[0].name.clone();
+        assert!(job_name.starts_with("migrations-"));
+        let mut b = a.clone();
+        b[1].up.push_str("SELECT 3;\n");
+        assert_ne!(
+            super::component(&pg, &b, Duration::from_secs(60)).ready[0].name,
+            job_name
+        );
+    }
+
+    /// The Job's script, run by a real `sh` against stand-in `psql` and
+    /// `pg_isready` that keep the recorded versions in a file: order, skip on
+    /// re-run, "already exists" tolerated, any other error fatal.
+    #[test]
+    fn the_job_script_applies_in_order_skips_applied_and_tolerates_only_already_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let files = dir.path().join("migrations");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&files).unwrap();
+        let state = dir.path().join("applied");
+        let calls = dir.path().join("calls");
+        std::fs::write(&state, "").unwrap();
+        let psql = format!(
+            r#"#!/bin/sh
+case "$*" in
+  *"-tAc SELECT 1"*) v=$(echo "$*" | sed 's/.*version = //'); grep -qx "$v" {state} && echo 1; exit 0 ;;
+  *"-f "*) f=$(echo "$*" | sed 's/.*-f //'); echo "$(basename "$f")" >> {calls}
+     grep -q OTHER "$f" && echo 'ERROR:  syntax error at or near "OTHER"'
+     grep -q EXISTS "$f" && echo 'ERROR:  relation "t" already exists'
+     exit 0 ;;
+  *"INSERT INTO"*) echo "$*" | sed 's/.*VALUES (\([0-9]*\).*/\1/' >> {state}; exit 0 ;;
+  *) exit 0 ;;
+esac
+"#,
+            state = state.display(),
+            calls = calls.display()
+        );
+        for (name, body) in [
+            ("psql", psql.as_str()),
+            ("pg_isready", "#!/bin/sh\nexit 0\n"),
+        ] {
+            let path = bin.join(name);
+            std::fs::write(&path, body).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let run = || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(SCRIPT)
+                .env("MIGRATIONS_DIR", &files)
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .output()
+                .unwrap()
+        };
+        let write = |key: &str, sql: &str| std::fs::write(files.join(key), sql).unwrap();
+        write("00000000000000000010_b.sql", "SELECT 10;");
+        write("00000000000000000009_a.sql", "SELECT 9; -- EXISTS");
+
+        let first = run();
+        assert!(
+            first.status.success(),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        let applied = std::fs::read_to_string(&calls).unwrap();
+        assert_eq!(
+            applied,
+            "00000000000000000009_a.sql\n00000000000000000010_b.sql\n"
+        );
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), "9\n10\n");
+
+        let second = run();
+        assert!(second.status.success());
+        assert_eq!(
+            std::fs::read_to_string(&calls).unwrap(),
+            applied,
+            "nothing re-applied"
+        );
+        assert!(String::from_utf8_lossy(&second.stdout).contains("already applied"));
+
+        write("00000000000000000011_c.sql", "OTHER;");
+        let third = run();
+        assert!(!third.status.success(), "another error must fail the Job");
+        assert!(
+            String::from_utf8_lossy(&third.stderr).contains("00000000000000000011_c.sql failed")
+        );
+        assert_eq!(
+            std::fs::read_to_string(&state).unwrap(),
+            "9\n10\n",
+            "11 is not recorded"
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! The shared stack every service's environment needs, as components a
+//! service crate composes: [`postgres`], [`redis`], [`migrations`] and
+//! [`datastorage`]. A [`Component`] is what to apply plus what "ready" means;
+//! manifests are written as JSON literals so they read like the YAML they
+//! replace, and a test round-trips each through its k8s-openapi type so a
+//! misspelt field cannot slip through.
+
+pub mod datastorage;
+pub mod migrations;
+pub mod postgres;
+pub mod redis;
+
+use std::time::Duration;
+
+use kube::api::DynamicObject;
+
+use crate::deploy::wait::{Target, Workload, wait_all};
+use crate::deploy::{Applied, Applier, DeployError};
+
+/// Something to deploy: its objects, and the workloads whose readiness means
+/// it is up.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub name: String,
+    pub objects: Vec<DynamicObject>,
+    pub ready: Vec<Target>,
+}
+
+impl Component {
+    /// Applies every object (server-side apply, dependency order).
+    pub async fn deploy(&self, applier: &Applier) -> Result<Vec<Applied>, DeployError> {
+        applier.apply_all(self.objects.clone()).await
+    }
+
+    /// Waits for every readiness target, failing fast on broken pods.
+    pub async fn wait(&self, client: &kube::Client) -> Result<(), DeployError> {
+        Ok(wait_all(client, &self.ready).await?)
+    }
+}
+
+/// Builds a [`DynamicObject`] from a JSON literal.
+pub(crate) fn object(value: serde_json::Value) -> DynamicObject {
+    serde_json::from_value(value).expect("stack manifests are valid objects")
+}
+
+/// A labelled Namespace.
+pub fn namespace(name: &str) -> Component {
+    Component {
+        name: format!("namespace {name}"),
+        objects: vec![object(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "kind-e2e"}},
+        }))],
+        ready: Vec::new(),
+    }
+}
+
+pub(crate) fn deployment_ready(namespace: &str, name: &str, timeout: Duration) -> Target {
+    Target::new(Workload::Deployment, namespace, name, timeout)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use kube::api::DynamicObject;
+
+    /// Deserialises `object` into its k8s-openapi type and back: any field the
+    /// type does not know is dropped on the way, so the two must be equal.
+    pub fn assert_round_trips(object: &DynamicObject) {
+        use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+        let value = serde_json::to_value(object).unwrap();
+        let kind = value["kind"].as_str().unwrap().to_string();
+        fn check<K: serde::de::DeserializeOwned + serde::Serialize>(value: &serde_json::Value) {
+            let typed: K =
+                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{e}: {value:#}"));
+            let back = serde_json::to_value(&typed).unwrap();
+            assert_eq!(&back, value, "a field was lost: check its spelling");
+        }
+        match kind.as_str() {
+            "Namespace" => check::<core::Namespace>(&value),
+            "Secret" => check::<core::Secret>(&value),
+            "ConfigMap" => check::<core::ConfigMap>(&value),
+            "Service" => check::<core::Service>(&value),
+            "Deployment" => check::<apps::Deployment>(&value),
+            "Job" => check::<batch::Job>(&value),
+            other => panic!("no round-trip check for {other}"),
+        }
+    }
+}

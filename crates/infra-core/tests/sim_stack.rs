@@ -1,0 +1,310 @@
+//! The shared stack on a simulated cluster: real node containers, the real
+//! loader, kube-rs over HTTP to the in-memory API. Checks ordering, readiness
+//! and the fail-fast path.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use infra_core::cluster::spec::ClusterSpec;
+use infra_core::cluster::{self, ClusterOptions, Provider, SimServer};
+use infra_core::deploy::Applier;
+use infra_core::deploy::wait::WaitError;
+use infra_core::stack::datastorage::DataStorageConfig;
+use infra_core::stack::migrations::{self, load_migrations};
+use infra_core::stack::namespace;
+use infra_core::stack::postgres::PostgresConfig;
+use infra_core::stack::redis::RedisConfig;
+use infra_core::testing::{self, unique_name};
+use infra_core::{
+    DeployError, E2eImageConfig, Engine, LoadMethod, build_image_for_kind, load_image_to_kind,
+};
+
+struct SimCluster {
+    engine: Engine,
+    cluster: Option<cluster::Cluster>,
+    options: ClusterOptions,
+    _dirs: tempfile::TempDir,
+}
+
+impl SimCluster {
+    async fn start(engine: &Engine, prefix: &str) -> SimCluster {
+        let dirs = tempfile::tempdir().unwrap();
+        let options = ClusterOptions {
+            kubeconfig_dir: dirs.path().join("kube"),
+            state_dir: dirs.path().join("state"),
+            log_dir: testing::log_dir(),
+            sim_server: SimServer::InProcess,
+            ..ClusterOptions::default()
+        };
+        let started = Instant::now();
+        let spec = ClusterSpec::new(unique_name(prefix));
+        let created = cluster::create(engine, Provider::Sim, &spec, &options)
+            .await
+            .unwrap_or_else(|e| panic!("{}", infra_core::error_chain(&e)));
+        eprintln!(
+            "sim cluster {} created in {:.2}s",
+            created.name,
+            started.elapsed().as_secs_f64()
+        );
+        SimCluster {
+            engine: engine.clone(),
+            cluster: Some(created),
+            options,
+            _dirs: dirs,
+        }
+    }
+
+    fn cluster(&self) -> &cluster::Cluster {
+        self.cluster.as_ref().unwrap()
+    }
+
+    async fn delete(mut self) {
+        let cluster = self.cluster.take().unwrap();
+        let name = cluster.name.clone();
+        let started = Instant::now();
+        cluster::delete_cluster(&self.engine, cluster, &self.options)
+            .await
+            .unwrap();
+        eprintln!(
+            "sim cluster {name} deleted in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            cluster::find(&self.engine, &name, &self.options)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        // A panicking test still removes its node containers.
+        if let Some(cluster) = &self.cluster {
+            let name = cluster.name.clone();
+            let endpoint = self.engine.endpoint().to_string();
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Runtime::new().unwrap().block_on(async {
+                    if let Ok(engine) = Engine::connect_to(&endpoint).await {
+                        let _ =
+                            infra_core::cluster::node::remove_node_containers(&engine, &name).await;
+                    }
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// A small image standing in for DataStorage: the sim only checks it is on the nodes.
+async fn stand_in_image(engine: &Engine, test: &str) -> Option<infra_core::BuiltImage> {
+    if !Path::new("/bin/busybox").exists() {
+        testing::skip_or_fail(test, "needs /bin/busybox (apt-get install busybox-static)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n",
+    )
+    .unwrap();
+    let config = E2eImageConfig::new("stack", "Dockerfile")
+        .image("e2e-test/datastorage")
+        .context(dir.path())
+        .log_dir(testing::log_dir());
+    Some(build_image_for_kind(engine, &config).await.unwrap())
+}
+
+fn migrations_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("001_audit.sql"),
+        "-- +goose Up\nCREATE TABLE audit_events (id int);\n-- +goose Down\nDROP TABLE audit_events;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("002_index.sql"),
+        "-- +goose Up\nCREATE INDEX CONCURRENTLY i ON audit_events (id);\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn the_shared_stack_deploys_in_order_and_becomes_ready_on_sim() {
+    let test = "the_shared_stack_deploys_in_order_and_becomes_ready_on_sim";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let Some(image) = stand_in_image(&engine, test).await else {
+        return;
+    };
+    let sim = SimCluster::start(&engine, "stack").await;
+    let cluster = sim.cluster();
+    load_image_to_kind(&engine, &image.reference, &cluster.name, LoadMethod::Stream)
+        .await
+        .unwrap();
+    let client = cluster.client().await.unwrap();
+    let applier = Applier::new(client.clone(), "stack-test");
+
+    let started = Instant::now();
+    let ns = "stack";
+    let pg = PostgresConfig::new(ns).node_port(30432);
+    let redis = RedisConfig::new(ns);
+    let migrations = load_migrations(migrations_dir().path()).unwrap();
+    let ds = DataStorageConfig::new(&image.reference, &pg, &redis).node_port(30081);
+    for component in [
+        namespace(ns),
+        pg.component(),
+        redis.component(),
+        migrations::component(&pg, &migrations, Duration::from_secs(30)),
+        ds.component(),
+    ] {
+        component.deploy(&applier).await.unwrap();
+        component
+            .wait(&client)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {}", component.name, infra_core::error_chain(&e)));
+    }
+    eprintln!(
+        "shared stack deployed and ready on sim in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Applying again is a no-op that still succeeds (server-side apply).
+    ds.component().deploy(&applier).await.unwrap();
+    sim.delete().await;
+    testing::remove_image(&engine, &image.reference).await;
+}
+
+#[tokio::test]
+async fn a_deployment_whose_image_was_not_loaded_fails_fast_with_err_image_never_pull() {
+    let test = "a_deployment_whose_image_was_not_loaded_fails_fast_with_err_image_never_pull";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let sim = SimCluster::start(&engine, "neverpull").await;
+    let client = sim.cluster().client().await.unwrap();
+    let applier = Applier::new(client.clone(), "stack-test");
+    let ns = "neverpull";
+    namespace(ns).deploy(&applier).await.unwrap();
+    let pg = PostgresConfig::new(ns);
+    let redis = RedisConfig::new(ns);
+    // The original's bug: a hard-coded image that nobody loaded.
+    let mut ds = DataStorageConfig::new("localhost/kubernaut/datastorage:hardcoded", &pg, &redis);
+    ds.timeout = Duration::from_secs(120);
+    let component = ds.component();
+    component.deploy(&applier).await.unwrap();
+
+    let started = Instant::now();
+    let err = component.wait(&client).await.unwrap_err();
+    let waited = started.elapsed();
+    let message = infra_core::error_chain(&err);
+    assert!(
+        matches!(&err, DeployError::Wait(WaitError::Failed { reason, .. }) if reason == "ErrImageNeverPull"),
+        "{message}"
+    );
+    assert!(
+        message.contains("localhost/kubernaut/datastorage:hardcoded"),
+        "{message}"
+    );
+    assert!(
+        message.contains("events of"),
+        "the pod's events belong in the error: {message}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "failing took {waited:?}: it must not wait for the {}s timeout",
+        ds.timeout.as_secs()
+    );
+    sim.delete().await;
+}
+
+#[tokio::test]
+async fn manifests_are_applied_crds_and_namespaces_first_whatever_their_order() {
+    let test = "manifests_are_applied_crds_and_namespaces_first_whatever_their_order";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let sim = SimCluster::start(&engine, "order").await;
+    let client = sim.cluster().client().await.unwrap();
+    let applier = Applier::new(client.clone(), "order-test")
+        .with_labels([("io.kind-e2e.run-id".to_string(), "run-1".to_string())].into());
+    // The custom resource comes first, its namespace next, its CRD last: in
+    // this order a naive apply fails twice.
+    let yaml = r#"
+apiVersion: kubernaut.ai/v1alpha1
+kind: RemediationRequest
+metadata:
+  name: rr-1
+  namespace: gateway
+spec:
+  signalName: HighMemory
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: gateway
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: remediationrequests.kubernaut.ai
+spec:
+  group: kubernaut.ai
+  scope: Namespaced
+  names:
+    plural: remediationrequests
+    singular: remediationrequest
+    kind: RemediationRequest
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+    let applied = applier.apply_yaml("gateway.yaml", yaml).await.unwrap();
+    let kinds: Vec<&str> = applied.iter().map(|a| a.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "CustomResourceDefinition",
+            "Namespace",
+            "RemediationRequest"
+        ]
+    );
+
+    let resource = kube::discovery::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+        "kubernaut.ai",
+        "v1alpha1",
+        "RemediationRequest",
+    ));
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(client.clone(), "gateway", &resource);
+    let rr = api.get("rr-1").await.unwrap();
+    assert_eq!(
+        rr.metadata.labels.unwrap()["io.kind-e2e.run-id"],
+        "run-1",
+        "everything applied carries the run's labels"
+    );
+
+    // A kind the cluster does not serve is named, with the fix.
+    let err = applier
+        .apply_yaml(
+            "x.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n",
+        )
+        .await
+        .unwrap_err();
+    let message = infra_core::error_chain(&err);
+    assert!(
+        message.contains("Widget") && message.contains("CustomResourceDefinition"),
+        "{message}"
+    );
+    sim.delete().await;
+}
