@@ -1,13 +1,21 @@
 //! The command line: `cargo xtask <command>`.
 //!
-//! - `image build` / `image load`: the split image API, one step at a time.
+//! - `e2e <service>`: set up, run the suite, tear down, report.
+//! - `plan <service>`: the task graph and what would be cached.
+//! - `down <service>`: remove a service's cluster and run leftovers.
+//! - `cluster create|delete|list`: clusters by hand (kind or sim).
+//! - `image build|load`: the split image API, one step at a time.
 //! - `bench image`: medians of builds and loads on this machine.
 //!
 //! Each subcommand lives in its own module; this file only parses and
 //! dispatches. Errors go to stderr and make the exit status non-zero.
 
 mod bench;
+mod cluster;
+mod e2e;
 mod image;
+mod progress;
+mod services;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,12 +34,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Set up a service's environment, run its E2E suite, tear down, report.
+    E2e(e2e::E2eArgs),
+    /// Print a service's task graph under a pattern, and what would be cached.
+    Plan(e2e::PlanArgs),
+    /// Remove a service's cluster and what its runs left behind.
+    Down(e2e::DownArgs),
+    /// Create, delete and list clusters.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Build service images and load them into a cluster's nodes.
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Measure this machine: builds and loads, medians of several runs.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve a simulated cluster's API (started by `cluster create --provider sim`).
+    #[command(hide = true)]
+    SimServe(cluster::SimServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -49,12 +69,19 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Image(command) => image::run(command).await,
-            Command::Bench(BenchCommand::Image(args)) => bench::image(args).await,
+            Command::E2e(args) => e2e::e2e(args).await,
+            Command::Plan(args) => e2e::plan(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Down(args) => e2e::down(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Cluster(command) => cluster::run(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Image(command) => image::run(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench(BenchCommand::Image(args)) => {
+                bench::image(args).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::SimServe(args) => cluster::sim_serve(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -73,4 +100,17 @@ pub fn workspace_root() -> PathBuf {
 /// Where runs, logs and reports go: `<workspace>/target/e2e`.
 pub fn e2e_dir() -> PathBuf {
     workspace_root().join("target").join("e2e")
+}
+
+/// Cluster options for commands run from here: a sim cluster's API server is
+/// this binary, detached, so the cluster outlives the command like kind's.
+pub fn cluster_options() -> anyhow::Result<infra_core::cluster::ClusterOptions> {
+    Ok(infra_core::cluster::ClusterOptions {
+        sim_server: infra_core::cluster::SimServer::Detached {
+            program: std::env::current_exe()?,
+            args: vec!["sim-serve".into()],
+        },
+        log_dir: e2e_dir().join("logs"),
+        ..Default::default()
+    })
 }

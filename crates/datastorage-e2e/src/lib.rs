@@ -1,1 +1,215 @@
-//! x
+//! DataStorage's E2E environment and suite.
+//!
+//! The recipe: one image (`kubernaut/datastorage`), a cluster `datastorage-e2e`
+//! with one worker and the original's host ports (API 30081→28090, PostgreSQL
+//! 30432→25433, `./coverdata` on the worker), a namespace, PostgreSQL and
+//! Redis, the repository's migrations, then DataStorage running the image that
+//! was loaded. Ready means the Deployment is available and `/health/ready`
+//! answers on the host port. The suite is `tests/e2e.rs`.
+//!
+//! Migrated to the pipelined pattern: the cluster comes up while the image
+//! builds, and PostgreSQL and Redis deploy before the image is loaded.
+
+use std::path::Path;
+use std::time::Duration;
+
+use infra_core::cluster::spec::{ClusterSpec, NodeSelector};
+use infra_core::deploy::health::HealthCheck;
+use infra_core::image::E2eImageConfig;
+use infra_core::plan::setup::Setup;
+use infra_core::plan::{Pattern, TaskError, TaskId};
+use infra_core::run::{ServiceSetup, SetupError, SuiteEnv};
+use infra_core::stack::datastorage::{self, DataStorageConfig};
+use infra_core::stack::migrations::{self, load_migrations};
+use infra_core::stack::namespace;
+use infra_core::stack::postgres::PostgresConfig;
+use infra_core::stack::redis::RedisConfig;
+
+pub const SERVICE: &str = "datastorage";
+pub const CLUSTER: &str = "datastorage-e2e";
+pub const NAMESPACE: &str = "datastorage-e2e";
+/// The image's name; also the key the suite finds its reference under.
+pub const IMAGE: &str = "kubernaut/datastorage";
+/// The API on the host (Kind maps NodePort 30081 here).
+pub const API_HOST_PORT: u16 = 28090;
+pub const API_NODE_PORT: u16 = 30081;
+/// PostgreSQL on the host (NodePort 30432).
+pub const POSTGRES_HOST_PORT: u16 = 25433;
+pub const POSTGRES_NODE_PORT: u16 = 30432;
+
+/// DataStorage's setup.
+pub struct DataStorage;
+
+/// The image, built from the repository root; a repository that compiles on
+/// the host (like the bundled example) has `scripts/prebuild.sh`.
+pub fn image_config(repo_root: &Path) -> E2eImageConfig {
+    let config = E2eImageConfig::new(SERVICE, "docker/data-storage.Dockerfile")
+        .image(IMAGE)
+        .context(repo_root);
+    if repo_root.join("scripts/prebuild.sh").exists() {
+        config.pre_build("bash scripts/prebuild.sh datastorage")
+    } else {
+        config
+    }
+}
+
+pub fn postgres() -> PostgresConfig {
+    PostgresConfig::new(NAMESPACE).node_port(POSTGRES_NODE_PORT)
+}
+
+pub fn redis() -> RedisConfig {
+    RedisConfig::new(NAMESPACE)
+}
+
+impl ServiceSetup for DataStorage {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn default_pattern(&self) -> Pattern {
+        Pattern::Pipelined
+    }
+
+    fn cluster_spec(&self, repo_root: &Path) -> ClusterSpec {
+        ClusterSpec::new(CLUSTER)
+            .port(API_NODE_PORT, API_HOST_PORT)
+            .port(POSTGRES_NODE_PORT, POSTGRES_HOST_PORT)
+            .mount(
+                repo_root.join("coverdata"),
+                "/coverdata",
+                NodeSelector::Workers,
+            )
+    }
+
+    fn declare(
+        &self,
+        setup: &mut Setup,
+        cluster: TaskId,
+        repo_root: &Path,
+    ) -> Result<SuiteEnv, SetupError> {
+        let image_config = image_config(repo_root);
+        let coverage = image_config.coverage_enabled();
+        let image = setup.build(image_config);
+        let loaded = setup.load(&image);
+        let migrations =
+            load_migrations(&repo_root.join("migrations")).map_err(|e| SetupError {
+                service: SERVICE.into(),
+                problem: infra_core::error_chain(&e),
+            })?;
+        let (pg, redis) = (postgres(), redis());
+
+        let ns = setup.component(namespace(NAMESPACE), &[cluster]);
+        let pg_up = setup.component(pg.component(), &[ns.ready]);
+        let redis_up = setup.component(redis.component(), &[ns.ready]);
+        let migrated = setup.component(
+            migrations::component(&pg, &migrations, Duration::from_secs(180)),
+            &[pg_up.ready],
+        );
+        let key = image.key.clone();
+        let ds = setup.component_with(
+            "datastorage".into(),
+            &[loaded, migrated.ready, redis_up.ready],
+            move |ctx| {
+                // The reference that was built and loaded in this run: never a
+                // hard-coded name.
+                let built = ctx
+                    .image(&key)
+                    .ok_or_else(|| TaskError::msg(format!("image {key} was not built")))?;
+                let config = DataStorageConfig::new(&built.reference, &pg, &redis)
+                    .node_port(API_NODE_PORT)
+                    .coverage(coverage);
+                Ok(config.component())
+            },
+        );
+        setup.health(
+            "datastorage",
+            HealthCheck {
+                url: format!("http://127.0.0.1:{API_HOST_PORT}/health/ready"),
+                namespace: NAMESPACE.into(),
+                pod_selector: "app=datastorage".into(),
+                pod_port: datastorage::API_PORT,
+                timeout: Duration::from_secs(120),
+            },
+            &[ds.ready],
+        );
+        Ok(SuiteEnv {
+            namespace: NAMESPACE.into(),
+            endpoints: [
+                (
+                    "datastorage".to_string(),
+                    format!("http://127.0.0.1:{API_HOST_PORT}"),
+                ),
+                (
+                    "postgresql".to_string(),
+                    format!(
+                        "host=127.0.0.1 port={POSTGRES_HOST_PORT} user={} password={} dbname={}",
+                        postgres().user,
+                        postgres().password,
+                        postgres().database
+                    ),
+                ),
+            ]
+            .into(),
+            ..SuiteEnv::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_has_the_originals_ports_and_one_worker() {
+        let spec = DataStorage.cluster_spec(Path::new("/repo"));
+        assert_eq!(spec.name, "datastorage-e2e");
+        assert_eq!(spec.workers, 1);
+        let ports: Vec<(u16, u16)> = spec
+            .port_mappings
+            .iter()
+            .map(|m| (m.container_port, m.host_port))
+            .collect();
+        assert_eq!(ports, [(30081, 28090), (30432, 25433)]);
+        assert!(spec.validate().is_ok());
+    }
+
+    #[test]
+    fn the_bundled_example_declares_a_complete_setup() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kubernaut-lite");
+        let mut setup = Setup::new();
+        let cluster = setup.cluster(DataStorage.cluster_spec(&repo));
+        let env = DataStorage.declare(&mut setup, cluster, &repo).unwrap();
+        assert_eq!(env.namespace, NAMESPACE);
+        let names: Vec<String> = setup
+            .into_plan()
+            .schedule(Pattern::Pipelined)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        for expected in [
+            "build kubernaut/datastorage",
+            "create cluster datastorage-e2e",
+            "load kubernaut/datastorage",
+            "deploy postgresql",
+            "wait migrations",
+            "deploy datastorage",
+            "health datastorage",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repository_without_migrations_is_refused_by_name() {
+        let empty = tempfile::tempdir().unwrap();
+        let mut setup = Setup::new();
+        let cluster = setup.cluster(DataStorage.cluster_spec(empty.path()));
+        let err = DataStorage
+            .declare(&mut setup, cluster, empty.path())
+            .unwrap_err();
+        assert!(err.to_string().contains("migrations"), "{err}");
+    }
+}

@@ -22,6 +22,9 @@ pub mod deploy;
 pub mod engine;
 pub mod image;
 pub mod load;
+pub mod plan;
+pub mod report;
+pub mod run;
 pub mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;

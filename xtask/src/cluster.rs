@@ -1,0 +1,135 @@
+//! `cargo xtask cluster create|delete|list`, and the hidden `sim-serve` that
+//! is a simulated cluster's API server process.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use infra_core::Engine;
+use infra_core::cluster::spec::ClusterSpec;
+use infra_core::cluster::{self, Provider};
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster: kind (the real one) or sim (containerd nodes and an
+    /// in-memory API; runs no containers).
+    Create(CreateArgs),
+    /// Delete a cluster, whatever made it (succeeds if it does not exist).
+    Delete(DeleteArgs),
+    /// List clusters on this engine.
+    List(ListArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    name: String,
+    /// `kind` or `sim`; defaults to kind when it is installed.
+    #[arg(long)]
+    provider: Option<Provider>,
+    /// Worker nodes besides the control plane.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    name: String,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Print a JSON array on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SimServeArgs {
+    /// The cluster's state folder (written by the creating command).
+    #[arg(long)]
+    state: PathBuf,
+}
+
+pub async fn run(command: ClusterCommand) -> Result<()> {
+    let engine = Engine::connect().await?;
+    let options = crate::cluster_options()?;
+    match command {
+        ClusterCommand::Create(args) => {
+            let provider = match args.provider {
+                Some(provider) => provider,
+                None => default_provider()?,
+            };
+            eprintln!(
+                "creating {provider} cluster {} ({} worker(s)) on {engine} ...",
+                args.name, args.workers
+            );
+            let spec = ClusterSpec::new(&args.name).workers(args.workers);
+            let created = cluster::create(&engine, provider, &spec, &options).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({
+                        "name": created.name,
+                        "provider": created.provider,
+                        "kubeconfig": created.kubeconfig,
+                        "nodes": created.node_names(),
+                    })
+                );
+            } else {
+                println!(
+                    "created {} cluster {}: nodes {}; kubeconfig {}",
+                    created.provider,
+                    created.name,
+                    created.node_names().join(", "),
+                    created.kubeconfig.display()
+                );
+                if created.provider == Provider::Sim {
+                    eprintln!(
+                        "note: a sim cluster validates and schedules, but runs no containers; \
+                         its pods are ready when their images are on the nodes"
+                    );
+                }
+            }
+        }
+        ClusterCommand::Delete(args) => {
+            if cluster::delete(&engine, &args.name, &options).await? {
+                println!("deleted cluster {}", args.name);
+            } else {
+                println!("cluster {} does not exist; nothing to delete", args.name);
+            }
+        }
+        ClusterCommand::List(args) => {
+            let clusters = cluster::list(&engine, &options).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&clusters)?);
+            } else if clusters.is_empty() {
+                println!("no clusters on {engine}");
+            } else {
+                for c in clusters {
+                    println!("{:<30} {:<5} {}", c.name, c.provider, c.nodes.join(", "));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// kind when it is installed; otherwise an error pointing at `--provider sim`.
+fn default_provider() -> Result<Provider> {
+    if which::which("kind").is_ok() {
+        Ok(Provider::Kind)
+    } else {
+        bail!(
+            "kind was not found on PATH. Install kind, or use the simulated cluster: \
+             --provider sim (it runs no containers)"
+        )
+    }
+}
+
+pub async fn sim_serve(args: SimServeArgs) -> Result<()> {
+    Ok(infra_core::cluster::sim::serve(&args.state).await?)
+}

@@ -1,0 +1,358 @@
+//! `cargo xtask e2e|plan|down <service>`.
+//!
+//! `e2e` runs the service's setup under a pattern, compiles its suite while
+//! the environment comes up, runs the suite against it, tears down and prints
+//! the report (`--json`: the report alone on stdout). Ctrl-C cancels the tasks
+//! in flight and removes what the run created (unless `--keep-cluster`); a
+//! second Ctrl-C exits at once.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use infra_core::Engine;
+use infra_core::cluster::{self, Provider};
+use infra_core::plan::setup::{Setup, SetupContext};
+use infra_core::plan::{Outcome, Pattern, TaskError, TaskKind};
+use infra_core::run::{ENV_FILE_VAR, RunOptions, SuiteEnvFile, run};
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::Progress;
+use crate::services;
+
+#[derive(Args)]
+pub struct E2eArgs {
+    /// The service: datastorage (more as they migrate).
+    service: String,
+    /// `kind` (default when installed) or `sim` (no kind needed; runs no containers).
+    #[arg(long)]
+    cluster: Option<Provider>,
+    /// standard, hybrid or pipelined; defaults to the service's own.
+    #[arg(long)]
+    pattern: Option<Pattern>,
+    /// Keep the cluster at the end.
+    #[arg(long)]
+    keep_cluster: bool,
+    /// Use the service's existing cluster if there is one (and keep it).
+    #[arg(long)]
+    reuse_cluster: bool,
+    /// The repository the service crates read (Dockerfiles, migrations);
+    /// defaults to the bundled example.
+    #[arg(long, env = "E2E_REPO_ROOT")]
+    repo_root: Option<PathBuf>,
+    /// Print only the report, as one JSON object, on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    service: String,
+    #[arg(long)]
+    pattern: Option<Pattern>,
+    #[arg(long, env = "E2E_REPO_ROOT")]
+    repo_root: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DownArgs {
+    service: String,
+}
+
+fn repo_root(given: Option<PathBuf>) -> Result<PathBuf> {
+    let root = given.unwrap_or_else(|| crate::workspace_root().join("examples/kubernaut-lite"));
+    root.canonicalize()
+        .with_context(|| format!("repository root {} does not exist", root.display()))
+}
+
+pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
+    let service = services::find(&args.service)?;
+    let provider = match args.cluster {
+        Some(provider) => provider,
+        None if which::which("kind").is_ok() => Provider::Kind,
+        None => bail!(
+            "kind was not found on PATH. Install kind (https://kind.sigs.k8s.io), or rehearse \
+             on the simulated cluster: cargo xtask e2e {} --cluster sim",
+            args.service
+        ),
+    };
+    let engine = Engine::connect().await?;
+    let options = RunOptions {
+        pattern: args.pattern.unwrap_or(service.default_pattern()),
+        provider,
+        keep_cluster: args.keep_cluster,
+        reuse_cluster: args.reuse_cluster,
+        repo_root: repo_root(args.repo_root)?,
+        runs_dir: crate::e2e_dir(),
+        cluster_options: crate::cluster_options()?,
+    };
+    eprintln!(
+        "{} e2e: {} pattern on a {provider} cluster, {engine}, repository {}",
+        service.name(),
+        options.pattern,
+        options.repo_root.display()
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
+    let progress = Progress::new();
+    let suite_crate = format!("{}-e2e", service.name());
+    let outcome = run(
+        &engine,
+        service,
+        options,
+        &progress,
+        cancel.clone(),
+        |setup, env_file| add_suite(setup, env_file, &suite_crate),
+    )
+    .await?;
+    progress.finish();
+
+    if args.json {
+        println!("{}", outcome.report.to_json());
+        eprint!("{}", outcome.report.table());
+    } else {
+        print!("{}", outcome.report.table());
+    }
+    eprintln!("run folder: {}", outcome.run_dir.display());
+    if outcome.cluster_kept {
+        eprintln!(
+            "cluster {} kept; kubeconfig {}",
+            outcome.report.cluster.name,
+            crate::cluster_options()?
+                .kubeconfig_path(&outcome.report.cluster.name)
+                .display()
+        );
+    }
+    if let Some(problem) = &outcome.teardown_error {
+        eprintln!("error: teardown: {problem}");
+    }
+    if cancel.is_cancelled() {
+        eprintln!("cancelled");
+    }
+    Ok(if outcome.report.ok && outcome.teardown_error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// First Ctrl-C: cancel and let the run clean up. Second: exit at once.
+async fn cancel_on_ctrl_c(cancel: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    eprintln!(
+        "\nCtrl-C: cancelling and removing what this run created (Ctrl-C again to exit at once)"
+    );
+    cancel.cancel();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("second Ctrl-C: exiting without cleaning up");
+        std::process::exit(130);
+    }
+}
+
+/// Adds "build <crate> suite" (compiles the suite while the environment comes
+/// up) and "test <service>" (runs it once everything else is done).
+fn add_suite(setup: &mut Setup, env_file: &SuiteEnvFile, suite_crate: &str) {
+    let executable: Arc<OnceLock<PathBuf>> = Arc::default();
+    let everything = setup.all_tasks();
+    let crate_name = suite_crate.to_string();
+    let compiled = executable.clone();
+    let build = setup.task(
+        format!("build {suite_crate} suite"),
+        TaskKind::Build,
+        &[],
+        move |ctx: Arc<SetupContext>| async move {
+            let path = compile_suite(&crate_name, &ctx.run_dir).await?;
+            let _ = compiled.set(path);
+            Ok(Outcome::done())
+        },
+    );
+    let mut deps = everything;
+    deps.push(build);
+    let env_file = env_file.clone();
+    setup.task(
+        format!("test {suite_crate}"),
+        TaskKind::Test,
+        &deps,
+        move |ctx: Arc<SetupContext>| async move {
+            env_file
+                .write(&ctx)
+                .map_err(|e| TaskError::msg(format!("writing {}: {e}", env_file.path.display())))?;
+            let binary = executable.get().expect("the suite was compiled").clone();
+            run_suite(&binary, &env_file.path, &ctx.run_dir).await
+        },
+    );
+}
+
+/// Compiles the `e2e` test target of `crate_name`, returning its binary.
+async fn compile_suite(crate_name: &str, run_dir: &Path) -> Result<PathBuf, TaskError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = tokio::process::Command::new(cargo)
+        // The whole workspace's feature set, like `cargo test --workspace`:
+        // `-p` alone would unify features differently and rebuild the world.
+        .args([
+            "test",
+            "--no-run",
+            "--message-format=json",
+            "--workspace",
+            "--test",
+            "e2e",
+        ])
+        .arg("--manifest-path")
+        .arg(crate::workspace_root().join("Cargo.toml"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| TaskError::msg(format!("running cargo: {e}")))?;
+    let _ = std::fs::write(run_dir.join("suite-build.log"), &output.stderr);
+    if !output.status.success() {
+        return Err(TaskError::msg(format!(
+            "compiling the {crate_name} suite failed:\n{}",
+            infra_core::engine::last_lines(&String::from_utf8_lossy(&output.stderr), 20)
+        )));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "e2e")
+        .filter(|m| {
+            m["manifest_path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(&format!("/{crate_name}/Cargo.toml")))
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| TaskError::msg(format!("cargo built no `e2e` test binary for {crate_name}")))
+}
+
+/// Runs the suite binary against the environment; its output goes to
+/// `suite.log` in the run folder.
+async fn run_suite(binary: &Path, env_file: &Path, run_dir: &Path) -> Result<Outcome, TaskError> {
+    let output = tokio::process::Command::new(binary)
+        .env(ENV_FILE_VAR, env_file)
+        .args(["--test-threads=1", "--nocapture"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| TaskError::msg(format!("running {}: {e}", binary.display())))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let log = run_dir.join("suite.log");
+    let _ = std::fs::write(&log, &text);
+    let summary = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("test result:"))
+        .unwrap_or("no test result line")
+        .trim_start_matches("test result: ")
+        .to_string();
+    // Skipping tests print `SKIPPED <test>: <why>` (after libtest's `test <name> ...`).
+    let skipped = text.matches("SKIPPED ").count();
+    if output.status.success() {
+        let note = if skipped > 0 {
+            format!("{summary} ({skipped} skipped, see {})", log.display())
+        } else {
+            summary
+        };
+        return Ok(Outcome::done().note(note));
+    }
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("test ") && l.ends_with("FAILED"))
+        .collect();
+    Err(TaskError::msg(format!(
+        "the suite failed: {summary}\n{}\nfull output: {}",
+        failures.join("\n"),
+        log.display()
+    )))
+}
+
+pub async fn plan(args: PlanArgs) -> Result<()> {
+    let service = services::find(&args.service)?;
+    let pattern = args.pattern.unwrap_or(service.default_pattern());
+    let repo_root = repo_root(args.repo_root)?;
+    let mut setup = Setup::new();
+    let spec = service.cluster_spec(&repo_root);
+    let cluster_task = setup.cluster(spec.clone());
+    service.declare(&mut setup, cluster_task, &repo_root)?;
+    let configs = setup.image_configs();
+    let engine = Engine::connect().await.ok();
+    let existing = match &engine {
+        Some(engine) => cluster::find(engine, &spec.name, &crate::cluster_options()?)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let scheduled = setup.into_plan().schedule(pattern);
+    println!(
+        "{} setup, {pattern} pattern ({} tasks):",
+        service.name(),
+        scheduled.len()
+    );
+    for (i, task) in scheduled.iter().enumerate() {
+        let deps: Vec<&str> = task
+            .deps
+            .iter()
+            .map(|&d| scheduled[d].name.as_str())
+            .collect();
+        let mut state = String::new();
+        if let Some(config) = configs
+            .iter()
+            .find(|c| format!("build {}", c.image_name) == task.name)
+        {
+            state = match infra_core::image::planned_reference(config) {
+                Ok(reference) => match &engine {
+                    Some(engine) if engine.docker().inspect_image(&reference).await.is_ok() => {
+                        format!("cached: {reference}")
+                    }
+                    Some(_) => format!("would build {reference}"),
+                    None => format!("{reference} (no engine answers: cache unknown)"),
+                },
+                Err(e) => format!("cannot read its context: {}", infra_core::error_chain(&e)),
+            };
+        } else if task.kind == TaskKind::Cluster {
+            state = match &existing {
+                Some(found) => format!("exists ({}): reused with --reuse-cluster", found.provider),
+                None => "would create".into(),
+            };
+        }
+        println!(
+            "{i:>3}. {:<40} {:<7} after: {}{}",
+            task.name,
+            format!("{:?}", task.kind).to_lowercase(),
+            if deps.is_empty() {
+                "-".to_string()
+            } else {
+                deps.join(", ")
+            },
+            if state.is_empty() {
+                String::new()
+            } else {
+                format!("\n       {state}")
+            }
+        );
+    }
+    println!("(the suite is compiled and run after these tasks by `cargo xtask e2e`)");
+    Ok(())
+}
+
+pub async fn down(args: DownArgs) -> Result<()> {
+    let service = services::find(&args.service)?;
+    let engine = Engine::connect().await?;
+    let options = crate::cluster_options()?;
+    let name = service.cluster_spec(&crate::workspace_root()).name;
+    let existed = cluster::delete(&engine, &name, &options).await?;
+    let leftovers = infra_core::run::remove_leftovers(&engine, service.name()).await?;
+    println!(
+        "{}: cluster {name} {}; {leftovers} leftover container(s) removed",
+        service.name(),
+        if existed { "deleted" } else { "did not exist" }
+    );
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! The command line, end to end, as people and scripts use it: the real
+//! `xtask` binary against the real engine, node containers and the simulated
+//! cluster's API, with kubectl as an independent client.
+//!
+//! Each test gets its own HOME (so kubeconfigs and sim state go to a temp
+//! folder). Tests that use DataStorage's cluster (fixed name and host ports)
+//! take a lock so they run one at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+use infra_core::testing;
+
+/// DataStorage's cluster name and host ports are fixed: one user at a time.
+static DATASTORAGE_CLUSTER: Mutex<()> = Mutex::const_new(());
+
+struct Cli {
+    home: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        Cli {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
+            .args(args)
+            .env("HOME", self.home.path())
+            .env("XDG_STATE_HOME", self.home.path().join("state"))
+            .env_remove("E2E_REPO_ROOT");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let output = self.command(args).output().unwrap();
+        eprintln!(
+            "$ xtask {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(output.status.success(), "xtask {} failed", args.join(" "));
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "kubectl {}: {stdout}{stderr}",
+        args.join(" ")
+    );
+    stdout
+}
+
+fn busybox_context(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
+    std::fs::write(dir.path().join("marker"), testing::unique_name(name)).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\n",
+    )
+    .unwrap();
+    dir
+}
+
+async fn prerequisites(test: &str, kubectl_needed: bool) -> bool {
+    if testing::engine(test).await.is_none() {
+        return false;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        testing::skip_or_fail(test, "needs /bin/busybox (apt-get install busybox-static)");
+        return false;
+    }
+    if kubectl_needed && which::which("kubectl").is_err() {
+        testing::skip_or_fail(test, "needs kubectl on PATH");
+        return false;
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_sim_cluster_created_by_the_cli_takes_loads_and_serves_kubectl_until_deleted() {
+    let test = "a_sim_cluster_created_by_the_cli_takes_loads_and_serves_kubectl_until_deleted";
+    if !prerequisites(test, true).await {
+        return;
+    }
+    let cli = Cli::new();
+    let name = testing::unique_name("cli");
+    let started = Instant::now();
+    let created: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["cluster", "create", &name, "--provider", "sim", "--json"]))
+            .unwrap();
+    eprintln!(
+        "cluster create (sim): {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(created["name"], name.as_str());
+    assert_eq!(created["provider"], "sim");
+    assert_eq!(
+        created["nodes"],
+        serde_json::json!([format!("{name}-control-plane"), format!("{name}-worker")])
+    );
+    let kubeconfig = PathBuf::from(created["kubeconfig"].as_str().unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The cluster outlives the command that made it.
+    let nodes = kubectl(&kubeconfig, &["get", "nodes"]);
+    assert!(nodes.contains(&format!("{name}-worker")), "{nodes}");
+    assert!(cli.ok(&["cluster", "list"]).contains(&name));
+
+    let context = busybox_context(test);
+    let built: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "image",
+        "build",
+        "--service",
+        "cli",
+        "--image",
+        "e2e-test/cli",
+        "--dockerfile",
+        "Dockerfile",
+        "--context",
+        context.path().to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let image = built["image"].as_str().unwrap().to_string();
+    let loaded: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["image", "load", &image, "--cluster", &name, "--json"]))
+            .unwrap();
+    assert_eq!(loaded["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(loaded["temp_bytes"], 0);
+
+    let manifest = context.path().join("app.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: cli\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\n  namespace: cli\n\
+             spec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: app}}\n  template:\n\
+             \x20   metadata:\n      labels: {{app: app}}\n    spec:\n      containers:\n\
+             \x20     - name: app\n        image: {image}\n        imagePullPolicy: Never\n"
+        ),
+    )
+    .unwrap();
+    let manifest = manifest.to_str().unwrap();
+    kubectl(&kubeconfig, &["apply", "--server-side", "-f", manifest]);
+    let waited = kubectl(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Available",
+            "deployment/app",
+            "-n",
+            "cli",
+            "--timeout=30s",
+        ],
+    );
+    assert!(waited.contains("condition met"), "{waited}");
+    let pods = kubectl(&kubeconfig, &["get", "pods", "-n", "cli"]);
+    assert!(pods.contains("app-"), "{pods}");
+    kubectl(&kubeconfig, &["delete", "-f", manifest]);
+
+    let started = Instant::now();
+    assert!(cli.ok(&["cluster", "delete", &name]).contains("deleted"));
+    eprintln!(
+        "cluster delete (sim): {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!kubeconfig.exists(), "the kubeconfig goes with the cluster");
+    assert!(
+        !cli.home
+            .path()
+            .join("state/kind-e2e/sim")
+            .join(&name)
+            .exists(),
+        "no state is left behind"
+    );
+    assert!(!cli.ok(&["cluster", "list"]).contains(&name));
+    assert!(
+        cli.ok(&["cluster", "delete", &name])
+            .contains("does not exist")
+    );
+
+    let engine = testing::engine(test).await.unwrap();
+    testing::remove_image(&engine, &image).await;
+}
+
+#[tokio::test]
+async fn e2e_without_kind_fails_at_once_and_suggests_the_sim() {
+    let cli = Cli::new();
+    let started = Instant::now();
+    let output = cli
+        .command(&["e2e", "datastorage"])
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if which::which_in("kind", Some("/usr/bin:/bin"), "/").is_ok() {
+        eprintln!("SKIPPED: kind is installed in /usr/bin here");
+        return;
+    }
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("kind was not found") && stderr.contains("--cluster sim"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let unknown = cli.run(&["e2e", "billing", "--cluster", "sim"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("known services: datastorage"));
+}
+
+fn report(stdout: &str) -> serde_json::Value {
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "--json prints exactly one line: {stdout}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+fn task<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no task {name} in {report}"))
+}
+
+#[tokio::test]
+async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all_cached() {
+    let test = "datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all_cached";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let cli = Cli::new();
+    for pattern in ["standard", "hybrid", "pipelined"] {
+        let output = cli.run(&[
+            "e2e",
+            "datastorage",
+            "--cluster",
+            "sim",
+            "--pattern",
+            pattern,
+            "--json",
+        ]);
+        let report = report(&String::from_utf8_lossy(&output.stdout));
+        assert!(output.status.success(), "{pattern}: {report}");
+        assert_eq!(report["ok"], true);
+        assert_eq!(report["pattern"], pattern);
+        assert_eq!(report["cluster"]["provider"], "sim");
+        assert_eq!(report["cluster"]["name"], "datastorage-e2e");
+        let cluster = task(&report, "create cluster datastorage-e2e");
+        let build = task(&report, "build kubernaut/datastorage");
+        let postgres = task(&report, "deploy postgresql");
+        match pattern {
+            // Standard: the cluster first, builds after it, deploys after loads.
+            "standard" => {
+                assert!(build["start_seconds"].as_f64() >= cluster["end_seconds"].as_f64());
+                let load = task(&report, "load kubernaut/datastorage");
+                assert!(postgres["start_seconds"].as_f64() >= load["end_seconds"].as_f64());
+            }
+            // Hybrid: every build before the cluster.
+            "hybrid" => {
+                assert!(cluster["start_seconds"].as_f64() >= build["end_seconds"].as_f64());
+            }
+            // Pipelined: the cluster and the build start together.
+            _ => {
+                assert!(cluster["start_seconds"].as_f64().unwrap() < 1.0);
+                assert!(build["start_seconds"].as_f64().unwrap() < 1.0);
+            }
+        }
+        let suite = task(&report, "test datastorage-e2e");
+        assert!(suite["end_seconds"].as_f64() > suite["start_seconds"].as_f64());
+    }
+    let engine = testing::engine(test).await.unwrap();
+    let options = infra_core::cluster::ClusterOptions {
+        kubeconfig_dir: cli.home.path().join(".kube"),
+        state_dir: cli.home.path().join("state/kind-e2e"),
+        ..Default::default()
+    };
+    assert!(
+        infra_core::cluster::find(&engine, "datastorage-e2e", &options)
+            .await
+            .unwrap()
+            .is_none(),
+        "the cluster is deleted at the end by default"
+    );
+
+    // Keep it, then reuse it: every build and load is cached.
+    let first = cli.run(&[
+        "e2e",
+        "datastorage",
+        "--cluster",
+        "sim",
+        "--keep-cluster",
+        "--json",
+    ]);
+    assert!(first.status.success());
+    let again = cli.run(&[
+        "e2e",
+        "datastorage",
+        "--cluster",
+        "sim",
+        "--reuse-cluster",
+        "--json",
+    ]);
+    let report = report(&String::from_utf8_lossy(&again.stdout));
+    assert!(again.status.success(), "{report}");
+    for kind in ["build", "cluster", "load"] {
+        for t in report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"] == kind)
+        {
+            if t["name"].as_str().unwrap().ends_with("suite") {
+                continue;
+            }
+            assert_eq!(
+                t["cached"], true,
+                "{t} should be cached on a reused cluster"
+            );
+        }
+    }
+    assert!(cli.ok(&["down", "datastorage"]).contains("deleted"));
+}
+
+#[tokio::test]
+async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
+    let test = "ctrl_c_during_a_build_cancels_it_and_leaves_no_containers";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    // A repository whose DataStorage build takes a minute.
+    let repo = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernaut-lite");
+    std::fs::create_dir_all(repo.path().join("migrations")).unwrap();
+    for entry in std::fs::read_dir(example.join("migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            repo.path()
+                .join("migrations")
+                .join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(repo.path().join("docker")).unwrap();
+    std::fs::copy("/bin/busybox", repo.path().join("busybox")).unwrap();
+    std::fs::write(
+        repo.path().join("docker/data-storage.Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"60\"]\n",
+    )
+    .unwrap();
+
+    let cli = Cli::new();
+    let mut child = cli
+        .command(&[
+            "e2e",
+            "datastorage",
+            "--cluster",
+            "sim",
+            "--repo-root",
+            repo.path().to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !seen.contains("start  build kubernaut/datastorage") {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("the build never started: {seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    // Let the slow RUN step start, then interrupt like a terminal would.
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "did not stop after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    while let Ok(line) = lines_rx.try_recv() {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert!(!status.success(), "a cancelled run fails: {seen}");
+    assert!(seen.contains("cancelling"), "{seen}");
+    eprintln!(
+        "stopped {:.1}s after Ctrl-C",
+        started.elapsed().as_secs_f64()
+    );
+
+    let engine = testing::engine(test).await.unwrap();
+    let containers = engine
+        .docker()
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    for container in containers {
+        let labels = container.labels.clone().unwrap_or_default();
+        let command = container.command.clone().unwrap_or_default();
+        assert!(
+            labels.get("io.x-k8s.kind.cluster").map(String::as_str) != Some("datastorage-e2e"),
+            "node container left behind: {container:?}"
+        );
+        assert!(
+            !command.contains("sleep 60"),
+            "build container left behind: {container:?}"
+        );
+    }
+}
