@@ -350,14 +350,9 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
     assert!(cli.ok(&["down", "datastorage"]).contains("deleted"));
 }
 
-#[tokio::test]
-async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
-    let test = "ctrl_c_during_a_build_cancels_it_and_leaves_no_containers";
-    if !prerequisites(test, false).await {
-        return;
-    }
-    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
-    // A repository whose DataStorage build takes a minute.
+/// A copy of the example's migrations and a DataStorage Dockerfile of our own
+/// (no pre-build), for runs whose build must behave in a particular way.
+fn repo_with_dockerfile(dockerfile: &str) -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernaut-lite");
     std::fs::create_dir_all(repo.path().join("migrations")).unwrap();
@@ -375,9 +370,137 @@ async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
     std::fs::copy("/bin/busybox", repo.path().join("busybox")).unwrap();
     std::fs::write(
         repo.path().join("docker/data-storage.Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"60\"]\n",
+        dockerfile,
     )
     .unwrap();
+    repo
+}
+
+fn node_containers_of(containers: &[bollard::models::ContainerSummary], cluster: &str) -> usize {
+    containers
+        .iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get("io.x-k8s.kind.cluster"))
+                .is_some_and(|c| c == cluster)
+        })
+        .count()
+}
+
+async fn all_containers(engine: &infra_core::Engine) -> Vec<bollard::models::ContainerSummary> {
+    engine
+        .docker()
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .build(),
+        ))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_failing_build_fails_the_run_naming_the_step_keeps_diagnostics_and_removes_the_cluster() {
+    let test =
+        "a_failing_build_fails_the_run_naming_the_step_keeps_diagnostics_and_removes_the_cluster";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let repo = repo_with_dockerfile(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo undefined: auditStore; exit 2\"]\n",
+    );
+    let cli = Cli::new();
+    // Standard: the cluster exists before the build fails, so there is
+    // something to diagnose and to remove.
+    let output = cli.run(&[
+        "e2e",
+        "datastorage",
+        "--cluster",
+        "sim",
+        "--pattern",
+        "standard",
+        "--repo-root",
+        repo.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(!output.status.success());
+    let report = report(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(report["ok"], false);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("failed: build kubernaut/datastorage"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("RUN") && stderr.contains("undefined: auditStore"),
+        "{stderr}"
+    );
+    let run_dir = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run folder: "))
+        .map(PathBuf::from)
+        .expect("the run folder is printed");
+    let error = std::fs::read_to_string(run_dir.join("error.txt")).unwrap();
+    assert!(error.starts_with("build kubernaut/datastorage:"), "{error}");
+    assert!(
+        run_dir.join("diagnostics/nodes").is_dir(),
+        "node logs are kept for a failed run"
+    );
+    assert!(run_dir.join("report.json").exists());
+
+    let engine = testing::engine(test).await.unwrap();
+    assert_eq!(
+        node_containers_of(&all_containers(&engine).await, "datastorage-e2e"),
+        0
+    );
+}
+
+#[test]
+fn plan_shows_the_graph_under_a_pattern_and_what_would_be_built() {
+    let cli = Cli::new();
+    let standard = cli.ok(&["plan", "datastorage", "--pattern", "standard"]);
+    let line = standard
+        .lines()
+        .find(|l| l.contains("build kubernaut/datastorage"))
+        .expect("the build is planned");
+    assert!(
+        line.contains("after: create cluster datastorage-e2e"),
+        "{standard}"
+    );
+    assert!(
+        standard.contains("would build localhost/kubernaut/datastorage:datastorage-")
+            || standard.contains("cached: localhost/kubernaut/datastorage:datastorage-")
+            || standard.contains("no engine answers"),
+        "{standard}"
+    );
+    let pipelined = cli.ok(&["plan", "datastorage"]);
+    let line = pipelined
+        .lines()
+        .find(|l| l.contains("build kubernaut/datastorage"))
+        .unwrap();
+    assert!(
+        line.contains("after: -"),
+        "pipelined builds wait for nothing: {pipelined}"
+    );
+    let bad = cli.run(&["plan", "datastorage", "--pattern", "fastest"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("standard, hybrid or pipelined"));
+}
+
+#[tokio::test]
+async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
+    let test = "ctrl_c_during_a_build_cancels_it_and_leaves_no_containers";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    // A repository whose DataStorage build takes a minute.
+    let repo = repo_with_dockerfile(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"60\"]\n",
+    );
 
     let cli = Cli::new();
     let mut child = cli
@@ -443,22 +566,14 @@ async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
     );
 
     let engine = testing::engine(test).await.unwrap();
-    let containers = engine
-        .docker()
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .build(),
-        ))
-        .await
-        .unwrap();
+    let containers = all_containers(&engine).await;
+    assert_eq!(
+        node_containers_of(&containers, "datastorage-e2e"),
+        0,
+        "node containers left behind"
+    );
     for container in containers {
-        let labels = container.labels.clone().unwrap_or_default();
         let command = container.command.clone().unwrap_or_default();
-        assert!(
-            labels.get("io.x-k8s.kind.cluster").map(String::as_str) != Some("datastorage-e2e"),
-            "node container left behind: {container:?}"
-        );
         assert!(
             !command.contains("sleep 60"),
             "build container left behind: {container:?}"
