@@ -173,7 +173,7 @@ async fn runs(
             samples.archive_load.last().unwrap()
         );
         clear_node_images(engine, cluster).await?;
-        remove_image(engine, &cold.reference).await;
+        engine.remove_image(&cold.reference).await?;
     }
     Ok(samples)
 }
@@ -198,16 +198,6 @@ async fn clear_node_images(engine: &Engine, cluster: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-async fn remove_image(engine: &Engine, reference: &str) {
-    let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
-        .force(true)
-        .build();
-    let _ = engine
-        .docker()
-        .remove_image(reference, Some(options), None)
-        .await;
 }
 
 /// Writes `len` bytes of incompressible data (xorshift; fast and good enough

@@ -196,6 +196,42 @@ impl Engine {
         &self.endpoint
     }
 
+    /// Every container (running or not) carrying `label`, given as `key` or
+    /// `key=value`.
+    pub async fn containers_labelled(
+        &self,
+        label: &str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, EngineError> {
+        let filters =
+            std::collections::HashMap::from([("label".to_string(), vec![label.to_string()])]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| EngineError::api(format!("listing containers labelled {label}"), e))
+    }
+
+    /// Removes an image (forcefully); an image that is not there is no error.
+    pub async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+            .force(true)
+            .build();
+        match self
+            .docker
+            .remove_image(reference, Some(options), None)
+            .await
+        {
+            Ok(_)
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(EngineError::api(format!("removing image {reference}"), e)),
+        }
+    }
+
     /// Runs `cmd` in `container` and collects its output and exit code.
     pub async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, EngineError> {
         self.exec_with_stdin(container, cmd, None::<futures::stream::Empty<Bytes>>)

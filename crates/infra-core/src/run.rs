@@ -312,20 +312,9 @@ pub async fn collect_diagnostics(
 /// Removes containers a service's runs left behind (labelled with its service
 /// but belonging to no cluster that still exists). Returns how many.
 pub async fn remove_leftovers(engine: &Engine, service: &str) -> Result<usize, crate::EngineError> {
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("{}={service}", crate::plan::setup::LABEL_SERVICE)],
-    )]);
     let containers = engine
-        .docker()
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .map_err(|e| crate::EngineError::api(format!("listing {service}'s containers"), e))?;
+        .containers_labelled(&format!("{}={service}", crate::plan::setup::LABEL_SERVICE))
+        .await?;
     let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)

@@ -74,15 +74,11 @@ pub fn log_dir() -> PathBuf {
     std::env::temp_dir().join("kind-e2e-test-logs")
 }
 
-/// Removes an image a test built (ignoring "not found").
+/// Removes an image a test built (a failure to remove is only printed).
 pub async fn remove_image(engine: &Engine, reference: &str) {
-    let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
-        .force(true)
-        .build();
-    let _ = engine
-        .docker()
-        .remove_image(reference, Some(options), None)
-        .await;
+    if let Err(e) = engine.remove_image(reference).await {
+        eprintln!("could not remove test image {reference}: {e}");
+    }
 }
 
 /// Containerd node containers labelled like a Kind cluster's, removed when

@@ -368,20 +368,9 @@ pub async fn list(
     options: &ClusterOptions,
 ) -> Result<Vec<ClusterSummary>, ClusterError> {
     let _ = options;
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![crate::load::nodes::CLUSTER_LABEL.to_string()],
-    )]);
     let containers = engine
-        .docker()
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .map_err(|e| EngineError::api("listing cluster node containers", e))?;
+        .containers_labelled(crate::load::nodes::CLUSTER_LABEL)
+        .await?;
     let mut clusters: Vec<ClusterSummary> = Vec::new();
     for container in containers {
         let labels = container.labels.unwrap_or_default();

@@ -2,10 +2,6 @@
 //! `io.x-k8s.kind.cluster=<name>` (skipping the external load balancer), the
 //! snapshotter each node's containerd uses, and which image ids a node holds.
 
-use std::collections::HashMap;
-
-use bollard::query_parameters::ListContainersOptionsBuilder;
-
 use crate::engine::{Engine, EngineError};
 
 /// Label kind puts on every node container, valued with the cluster name.
@@ -31,19 +27,9 @@ pub struct KindNode {
 /// The node containers of `cluster`, sorted by name, without the external load
 /// balancer. Empty when no container carries the cluster label.
 pub async fn find_kind_nodes(engine: &Engine, cluster: &str) -> Result<Vec<KindNode>, EngineError> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{CLUSTER_LABEL}={cluster}")],
-    )]);
-    let options = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
     let containers = engine
-        .docker()
-        .list_containers(Some(options))
-        .await
-        .map_err(|e| EngineError::api(format!("listing the nodes of cluster {cluster}"), e))?;
+        .containers_labelled(&format!("{CLUSTER_LABEL}={cluster}"))
+        .await?;
     let mut nodes: Vec<KindNode> = containers
         .into_iter()
         .filter_map(|c| {

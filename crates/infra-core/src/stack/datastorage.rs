@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::postgres::PostgresConfig;
 use super::redis::RedisConfig;
-use super::{Component, deployment_ready, object};
+use super::{Component, deployment, deployment_ready, labels, object, service, service_port};
 
 /// The container name the image is set on.
 pub const CONTAINER: &str = "datastorage";
@@ -72,7 +72,7 @@ impl DataStorageConfig {
         let ns = &self.namespace;
         let name = &self.name;
         let pg = &self.postgres;
-        let labels = json!({"app": name, "app.kubernetes.io/part-of": "kind-e2e"});
+        let labels = labels(name);
         let config_yaml = format!(
             "server:\n  port: {API_PORT}\n  metricsPort: {METRICS_PORT}\n\
              database:\n  host: {host}\n  port: 5432\n  name: {db}\n  user: {user}\n  sslMode: disable\n\
@@ -127,10 +127,6 @@ impl DataStorageConfig {
         if !security.is_null() {
             container["securityContext"] = security;
         }
-        let mut api_port = json!({"name": "http", "port": API_PORT, "targetPort": API_PORT});
-        if let Some(port) = self.node_port {
-            api_port["nodePort"] = json!(port);
-        }
         Component {
             name: "datastorage".into(),
             objects: vec![
@@ -145,28 +141,19 @@ impl DataStorageConfig {
                     "type": "Opaque",
                     "stringData": {"DB_PASSWORD": pg.password, "REDIS_PASSWORD": ""}
                 })),
-                object(json!({
-                    "apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": name, "namespace": ns, "labels": labels},
-                    "spec": {
-                        "replicas": 1,
-                        "selector": {"matchLabels": {"app": name}},
-                        "template": {
-                            "metadata": {"labels": labels},
-                            "spec": {"containers": [container], "volumes": volumes}
-                        }
-                    }
-                })),
-                object(json!({
-                    "apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": name, "namespace": ns, "labels": labels},
-                    "spec": {
-                        "type": if self.node_port.is_some() { "NodePort" } else { "ClusterIP" },
-                        "selector": {"app": name},
-                        "ports": [api_port,
-                            {"name": "metrics", "port": METRICS_PORT, "targetPort": METRICS_PORT}]
-                    }
-                })),
+                deployment(
+                    ns,
+                    name,
+                    json!({"containers": [container], "volumes": volumes}),
+                ),
+                service(
+                    ns,
+                    name,
+                    vec![
+                        service_port("http", API_PORT, self.node_port),
+                        service_port("metrics", METRICS_PORT, None),
+                    ],
+                ),
             ],
             ready: vec![deployment_ready(ns, name, self.timeout)],
         }

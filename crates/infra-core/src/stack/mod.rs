@@ -56,6 +56,52 @@ pub fn namespace(name: &str) -> Component {
     }
 }
 
+/// The labels every stack object carries.
+pub(crate) fn labels(name: &str) -> serde_json::Value {
+    serde_json::json!({"app": name, "app.kubernetes.io/part-of": "kind-e2e"})
+}
+
+/// A one-replica Deployment of `pod_spec`, its pods labelled and selected by
+/// `app=<name>`.
+pub(crate) fn deployment(
+    namespace: &str,
+    name: &str,
+    pod_spec: serde_json::Value,
+) -> DynamicObject {
+    object(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(name)},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": labels(name)}, "spec": pod_spec}
+        }
+    }))
+}
+
+/// A Service port to the same container port, on `node_port` when given.
+pub(crate) fn service_port(name: &str, port: u16, node_port: Option<u16>) -> serde_json::Value {
+    let mut value = serde_json::json!({"name": name, "port": port, "targetPort": port});
+    if let Some(node_port) = node_port {
+        value["nodePort"] = serde_json::json!(node_port);
+    }
+    value
+}
+
+/// A Service for the pods `app=<name>`: NodePort when a port has one.
+pub(crate) fn service(namespace: &str, name: &str, ports: Vec<serde_json::Value>) -> DynamicObject {
+    let node_port = ports.iter().any(|p| p.get("nodePort").is_some());
+    object(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(name)},
+        "spec": {
+            "type": if node_port { "NodePort" } else { "ClusterIP" },
+            "selector": {"app": name},
+            "ports": ports
+        }
+    }))
+}
+
 pub(crate) fn deployment_ready(namespace: &str, name: &str, timeout: Duration) -> Target {
     Target::new(Workload::Deployment, namespace, name, timeout)
 }

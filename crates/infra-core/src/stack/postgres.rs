@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Component, deployment_ready, object};
+use super::{Component, deployment, deployment_ready, labels, object, service, service_port};
 
 /// Where PostgreSQL runs and who may use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl PostgresConfig {
     pub fn component(&self) -> Component {
         let ns = &self.namespace;
         let name = &self.name;
-        let labels = json!({"app": name, "app.kubernetes.io/part-of": "kind-e2e"});
+        let labels = labels(name);
         let init_sql = format!(
             "DO $$ BEGIN\n  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}') THEN\n    \
              CREATE ROLE {user} LOGIN PASSWORD '{password}';\n  END IF;\nEND $$;\n\
@@ -68,10 +68,6 @@ impl PostgresConfig {
             password = self.password,
             db = self.database
         );
-        let mut service_port = json!({"name": "postgres", "port": 5432, "targetPort": 5432});
-        if let Some(port) = self.node_port {
-            service_port["nodePort"] = json!(port);
-        }
         let probe = json!({
             "exec": {"command": ["sh", "-c", format!("pg_isready -U {} -d {}", self.user, self.database)]},
             "initialDelaySeconds": 2, "periodSeconds": 2, "timeoutSeconds": 3, "failureThreshold": 30
@@ -97,46 +93,35 @@ impl PostgresConfig {
                     "metadata": {"name": format!("{name}-init"), "namespace": ns, "labels": labels},
                     "data": {"00-create-role.sql": init_sql}
                 })),
-                object(json!({
-                    "apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": name, "namespace": ns, "labels": labels},
-                    "spec": {
-                        "replicas": 1,
-                        "selector": {"matchLabels": {"app": name}},
-                        "template": {
-                            "metadata": {"labels": labels},
-                            "spec": {
-                                "containers": [{
-                                    "name": "postgresql",
-                                    "image": self.image,
-                                    "imagePullPolicy": "IfNotPresent",
-                                    "ports": [{"containerPort": 5432, "name": "postgres"}],
-                                    "envFrom": [{"secretRef": {"name": self.secret_name()}}],
-                                    "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
-                                    "volumeMounts": [
-                                        {"name": "data", "mountPath": "/var/lib/postgresql/data"},
-                                        {"name": "init", "mountPath": "/docker-entrypoint-initdb.d"}
-                                    ],
-                                    "readinessProbe": probe,
-                                    "livenessProbe": probe,
-                                }],
-                                "volumes": [
-                                    {"name": "data", "emptyDir": {}},
-                                    {"name": "init", "configMap": {"name": format!("{name}-init")}}
-                                ]
-                            }
-                        }
-                    }
-                })),
-                object(json!({
-                    "apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": name, "namespace": ns, "labels": labels},
-                    "spec": {
-                        "type": if self.node_port.is_some() { "NodePort" } else { "ClusterIP" },
-                        "selector": {"app": name},
-                        "ports": [service_port]
-                    }
-                })),
+                deployment(
+                    ns,
+                    name,
+                    json!({
+                        "containers": [{
+                            "name": "postgresql",
+                            "image": self.image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "ports": [{"containerPort": 5432, "name": "postgres"}],
+                            "envFrom": [{"secretRef": {"name": self.secret_name()}}],
+                            "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}],
+                            "volumeMounts": [
+                                {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                                {"name": "init", "mountPath": "/docker-entrypoint-initdb.d"}
+                            ],
+                            "readinessProbe": probe,
+                            "livenessProbe": probe,
+                        }],
+                        "volumes": [
+                            {"name": "data", "emptyDir": {}},
+                            {"name": "init", "configMap": {"name": format!("{name}-init")}}
+                        ]
+                    }),
+                ),
+                service(
+                    ns,
+                    name,
+                    vec![service_port("postgres", 5432, self.node_port)],
+                ),
             ],
             ready: vec![deployment_ready(ns, name, self.timeout)],
         }

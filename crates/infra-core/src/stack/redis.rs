@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Component, deployment_ready, object};
+use super::{Component, deployment, deployment_ready, service, service_port};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
@@ -42,46 +42,26 @@ impl RedisConfig {
     pub fn component(&self) -> Component {
         let ns = &self.namespace;
         let name = &self.name;
-        let labels = json!({"app": name, "app.kubernetes.io/part-of": "kind-e2e"});
         let probe = json!({
             "exec": {"command": ["redis-cli", "ping"]},
             "initialDelaySeconds": 1, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 30
         });
-        let mut port = json!({"name": "redis", "port": 6379, "targetPort": 6379});
-        if let Some(node_port) = self.node_port {
-            port["nodePort"] = json!(node_port);
-        }
         Component {
             name: "redis".into(),
             objects: vec![
-                object(json!({
-                    "apiVersion": "apps/v1", "kind": "Deployment",
-                    "metadata": {"name": name, "namespace": ns, "labels": labels},
-                    "spec": {
-                        "replicas": 1,
-                        "selector": {"matchLabels": {"app": name}},
-                        "template": {
-                            "metadata": {"labels": labels},
-                            "spec": {"containers": [{
-                                "name": "redis",
-                                "image": self.image,
-                                "imagePullPolicy": "IfNotPresent",
-                                "ports": [{"containerPort": 6379, "name": "redis"}],
-                                "readinessProbe": probe,
-                                "livenessProbe": probe,
-                            }]}
-                        }
-                    }
-                })),
-                object(json!({
-                    "apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": name, "namespace": ns, "labels": labels},
-                    "spec": {
-                        "type": if self.node_port.is_some() { "NodePort" } else { "ClusterIP" },
-                        "selector": {"app": name},
-                        "ports": [port]
-                    }
-                })),
+                deployment(
+                    ns,
+                    name,
+                    json!({"containers": [{
+                        "name": "redis",
+                        "image": self.image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "ports": [{"containerPort": 6379, "name": "redis"}],
+                        "readinessProbe": probe,
+                        "livenessProbe": probe,
+                    }]}),
+                ),
+                service(ns, name, vec![service_port("redis", 6379, self.node_port)]),
             ],
             ready: vec![deployment_ready(ns, name, self.timeout)],
         }
