@@ -15,8 +15,8 @@ use clap::Args;
 use infra_core::Engine;
 use infra_core::cluster::{self, Provider};
 use infra_core::plan::setup::{Setup, SetupContext};
-use infra_core::plan::{Outcome, Pattern, TaskError, TaskKind};
-use infra_core::run::{ENV_FILE_VAR, RunOptions, SuiteEnvFile, run};
+use infra_core::plan::{Observer, Outcome, Pattern, TaskError, TaskKind};
+use infra_core::run::{ENV_FILE_VAR, RunOptions, RunOutcome, ServiceSetup, SuiteEnvFile, run};
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::Progress;
@@ -48,6 +48,29 @@ pub struct E2eArgs {
 }
 
 #[derive(Args)]
+pub struct CompareArgs {
+    service: String,
+    /// `kind` (default when installed) or `sim`.
+    #[arg(long)]
+    cluster: Option<Provider>,
+    /// Runs per pattern; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The patterns to compare, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "standard,hybrid,pipelined"
+    )]
+    patterns: Vec<Pattern>,
+    #[arg(long, env = "E2E_REPO_ROOT")]
+    repo_root: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub struct PlanArgs {
     service: String,
     #[arg(long)]
@@ -67,17 +90,42 @@ fn repo_root(given: Option<PathBuf>) -> Result<PathBuf> {
         .with_context(|| format!("repository root {} does not exist", root.display()))
 }
 
-pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
-    let service = services::find(&args.service)?;
-    let provider = match args.cluster {
-        Some(provider) => provider,
-        None if which::which("kind").is_ok() => Provider::Kind,
+/// The provider asked for, else kind when it is installed, else an error
+/// that says so and suggests the simulated cluster.
+fn provider(given: Option<Provider>, service: &str) -> Result<Provider> {
+    match given {
+        Some(provider) => Ok(provider),
+        None if which::which("kind").is_ok() => Ok(Provider::Kind),
         None => bail!(
             "kind was not found on PATH. Install kind (https://kind.sigs.k8s.io), or rehearse \
-             on the simulated cluster: cargo xtask e2e {} --cluster sim",
-            args.service
+             on the simulated cluster: cargo xtask e2e {service} --cluster sim"
         ),
-    };
+    }
+}
+
+/// One whole run of `service` with its suite.
+async fn run_once(
+    engine: &Engine,
+    service: &'static dyn ServiceSetup,
+    options: RunOptions,
+    observer: &dyn Observer,
+    cancel: CancellationToken,
+) -> Result<RunOutcome> {
+    let suite_crate = format!("{}-e2e", service.name());
+    Ok(run(
+        engine,
+        service,
+        options,
+        observer,
+        cancel,
+        |setup, env_file| add_suite(setup, env_file, &suite_crate),
+    )
+    .await?)
+}
+
+pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
+    let service = services::find(&args.service)?;
+    let provider = provider(args.cluster, &args.service)?;
     let engine = Engine::connect().await?;
     let options = RunOptions {
         pattern: args.pattern.unwrap_or(service.default_pattern()),
@@ -97,16 +145,7 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
     let progress = Progress::new();
-    let suite_crate = format!("{}-e2e", service.name());
-    let outcome = run(
-        &engine,
-        service,
-        options,
-        &progress,
-        cancel.clone(),
-        |setup, env_file| add_suite(setup, env_file, &suite_crate),
-    )
-    .await?;
+    let outcome = run_once(&engine, service, options, &progress, cancel.clone()).await?;
     progress.finish();
 
     if args.json {
@@ -270,6 +309,127 @@ async fn run_suite(binary: &Path, env_file: &Path, run_dir: &Path) -> Result<Out
         failures.join("\n"),
         log.display()
     )))
+}
+
+/// Runs the service under each pattern `--runs` times (rotating the order
+/// each round, so no pattern always runs first) and prints medians side by
+/// side: the measurement behind migrating a service to another pattern.
+pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
+    if args.runs == 0 || args.patterns.is_empty() {
+        bail!("give at least one run and one pattern");
+    }
+    let service = services::find(&args.service)?;
+    let provider = provider(args.cluster, &args.service)?;
+    let engine = Engine::connect().await?;
+    let repo_root = repo_root(args.repo_root)?;
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
+    let mut results: Vec<(Pattern, Vec<infra_core::report::RunReport>)> =
+        args.patterns.iter().map(|p| (*p, Vec::new())).collect();
+    for round in 0..args.runs {
+        for offset in 0..results.len() {
+            let index = (round + offset) % results.len();
+            let pattern = results[index].0;
+            let options = RunOptions {
+                pattern,
+                provider,
+                keep_cluster: false,
+                reuse_cluster: false,
+                repo_root: repo_root.clone(),
+                runs_dir: crate::e2e_dir(),
+                cluster_options: crate::cluster_options()?,
+            };
+            let outcome = run_once(
+                &engine,
+                service,
+                options,
+                &infra_core::plan::Silent,
+                cancel.clone(),
+            )
+            .await?;
+            let report = outcome.report;
+            if cancel.is_cancelled() {
+                bail!("cancelled");
+            }
+            if !report.ok {
+                eprint!("{}", report.table());
+                bail!(
+                    "{pattern} run {} failed; see {}",
+                    round + 1,
+                    outcome.run_dir.display()
+                );
+            }
+            eprintln!(
+                "  round {}: {pattern:<9} {:>6.1}s (critical path {:.1}s)",
+                round + 1,
+                report.wall_seconds,
+                report.critical_path_seconds
+            );
+            results[index].1.push(report);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let summary: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(pattern, reports)| {
+            let walls: Vec<f64> = reports.iter().map(|r| r.wall_seconds).collect();
+            let paths: Vec<f64> = reports.iter().map(|r| r.critical_path_seconds).collect();
+            let typical = &reports[reports.len() / 2];
+            serde_json::json!({
+                "pattern": pattern,
+                "wall_seconds": walls,
+                "median_wall_seconds": median(walls.clone()),
+                "median_critical_path_seconds": median(paths),
+                "critical_path": typical.critical_path.iter().map(|&i| typical.tasks[i].name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "service": service.name(),
+                "cluster": provider,
+                "runs": args.runs,
+                "patterns": summary,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let baseline = summary[0]["median_wall_seconds"].as_f64().unwrap_or(1.0);
+    println!(
+        "{} on {provider}, medians of {} runs:\n{:<10} {:>9} {:>9} {:>9}  critical path",
+        service.name(),
+        args.runs,
+        "pattern",
+        "wall",
+        "crit.",
+        format!("vs {}", results[0].0)
+    );
+    for row in &summary {
+        let wall = row["median_wall_seconds"].as_f64().unwrap_or_default();
+        println!(
+            "{:<10} {:>8.1}s {:>8.1}s {:>+8.0}%  {}",
+            row["pattern"].as_str().unwrap_or_default(),
+            wall,
+            row["median_critical_path_seconds"]
+                .as_f64()
+                .unwrap_or_default(),
+            (wall / baseline - 1.0) * 100.0,
+            row["critical_path"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" → "))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn plan(args: PlanArgs) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The command line: `cargo xtask <command>`.
 //!
 //! - `e2e <service>`: set up, run the suite, tear down, report.
+//! - `compare <service>`: the same run under several patterns, medians side by side.
 //! - `plan <service>`: the task graph and what would be cached.
 //! - `down <service>`: remove a service's cluster and run leftovers.
 //! - `cluster create|delete|list`: clusters by hand (kind or sim).
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Set up a service's environment, run its E2E suite, tear down, report.
     E2e(e2e::E2eArgs),
+    /// Run a service under several patterns and compare medians side by side.
+    Compare(e2e::CompareArgs),
     /// Print a service's task graph under a pattern, and what would be cached.
     Plan(e2e::PlanArgs),
     /// Remove a service's cluster and what its runs left behind.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::E2e(args) => e2e::e2e(args).await,
+            Command::Compare(args) => e2e::compare(args).await,
             Command::Plan(args) => e2e::plan(args).await.map(|()| ExitCode::SUCCESS),
             Command::Down(args) => e2e::down(args).await.map(|()| ExitCode::SUCCESS),
             Command::Cluster(command) => cluster::run(command).await.map(|()| ExitCode::SUCCESS),
