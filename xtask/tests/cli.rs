@@ -72,6 +72,20 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     stdout
 }
 
+/// Whether process `pid` exists and has not exited (a zombie has).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
 fn busybox_context(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
@@ -185,8 +199,26 @@ async fn a_sim_cluster_created_by_the_cli_takes_loads_and_serves_kubectl_until_d
     assert!(pods.contains("app-"), "{pods}");
     kubectl(&kubeconfig, &["delete", "-f", manifest]);
 
+    let server: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            cli.home
+                .path()
+                .join("state/kind-e2e/sim")
+                .join(&name)
+                .join("server.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pid = server["pid"].as_u64().unwrap();
+    assert!(
+        alive(pid),
+        "the API server runs detached from the command that made it"
+    );
+
     let started = Instant::now();
     assert!(cli.ok(&["cluster", "delete", &name]).contains("deleted"));
+    assert!(!alive(pid), "the API server stops with the cluster");
     eprintln!(
         "cluster delete (sim): {:.2}s",
         started.elapsed().as_secs_f64()

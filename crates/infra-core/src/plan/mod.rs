@@ -8,11 +8,14 @@
 //! - [`Pattern::Pipelined`] (default): nothing added. The cluster is created
 //!   while images build, each load starts when its image and the cluster are
 //!   ready, each deploy when its inputs are.
-//! - [`Pattern::Hybrid`]: the cluster waits for every build (the original's
-//!   "build first" way).
-//! - [`Pattern::Standard`]: every build waits for the cluster, builds run one
-//!   after another (each after the previous image's load), and every deploy
-//!   waits for every load (the original's old way).
+//! - [`Pattern::Hybrid`]: the cluster waits for every image build (the
+//!   original's "build first" way).
+//! - [`Pattern::Standard`]: every image build waits for the cluster, image
+//!   builds run one after another (each after the previous image's load), and
+//!   every deploy waits for every load (the original's old way).
+//!
+//! Only *image* builds (builds a load depends on) are ordered by a pattern;
+//! another build, like compiling the test suite, runs from the start in all.
 //!
 //! [`execute`] runs the graph on tokio: a task starts the moment its
 //! dependencies are done; the first failure cancels the rest; every task is
@@ -225,19 +228,24 @@ fn schedule(tasks: &[(String, TaskKind, Vec<TaskId>)], pattern: Pattern) -> Vec<
         .iter()
         .map(|t| t.2.iter().map(|d| d.0).collect())
         .collect();
-    let builds = of_kind(TaskKind::Build);
     let clusters = of_kind(TaskKind::Cluster);
     let loads = of_kind(TaskKind::Load);
+    // The patterns order *image* builds (those a load takes) against the
+    // cluster; other builds (a test suite's compile) are free in every pattern.
+    let image_builds: Vec<usize> = of_kind(TaskKind::Build)
+        .into_iter()
+        .filter(|b| loads.iter().any(|&l| deps[l].contains(b)))
+        .collect();
     match pattern {
         Pattern::Pipelined => {}
         Pattern::Hybrid => {
             for &cluster in &clusters {
-                deps[cluster].extend(&builds);
+                deps[cluster].extend(&image_builds);
             }
         }
         Pattern::Standard => {
             let mut previous_load: Option<usize> = None;
-            for &build in &builds {
+            for &build in &image_builds {
                 deps[build].extend(&clusters);
                 deps[build].extend(previous_load);
                 // The load of this image: a load task that depends on it.

@@ -185,6 +185,22 @@ async fn a_panicking_task_is_a_failure_named_after_it() {
 }
 
 #[test]
+fn builds_that_no_load_takes_are_left_alone_by_every_pattern() {
+    let mut plan = sample();
+    plan.task("build suite", TaskKind::Build, &[], sleeper(1, false));
+    for pattern in [Pattern::Standard, Pattern::Hybrid, Pattern::Pipelined] {
+        let scheduled = plan.schedule(pattern);
+        let suite = scheduled.last().unwrap();
+        assert!(suite.deps.is_empty(), "{pattern}: {:?}", suite.deps);
+        let cluster = &scheduled[2];
+        assert!(
+            !cluster.deps.contains(&7),
+            "{pattern}: the cluster does not wait for it"
+        );
+    }
+}
+
+#[test]
 fn patterns_parse_and_standard_serialises_builds_through_their_loads() {
     assert_eq!("hybrid".parse::<Pattern>().unwrap(), Pattern::Hybrid);
     assert!("fast".parse::<Pattern>().unwrap_err().contains("pipelined"));
