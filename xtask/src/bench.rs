@@ -17,7 +17,9 @@ use infra_core::cluster::node::{
     ensure_node_image, node_specs, remove_node_containers, start_node_containers,
 };
 use infra_core::load::nodes::K8S_NAMESPACE;
-use infra_core::{E2eImageConfig, Engine, LoadMethod, build_image_for_kind, load_image_to_kind};
+use infra_core::{
+    E2eImageConfig, Engine, LoadMethod, build_image_for_kind, load_image_to_kind_with,
+};
 use serde_json::json;
 
 #[derive(Args)]
@@ -155,7 +157,7 @@ async fn runs(
         };
         for method in order {
             clear_node_images(engine, cluster).await?;
-            let report = load_image_to_kind(engine, &cold.reference, cluster, method).await?;
+            let report = load_image_to_kind_with(engine, &cold.reference, cluster, method).await?;
             if report.nodes.iter().any(|n| n.skipped) {
                 bail!("run {run}: a node still had the image; the load was not cold");
             }

@@ -103,7 +103,7 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
             }
         }
         ClusterCommand::List(args) => {
-            let clusters = cluster::list(&engine, &options).await?;
+            let clusters = cluster::list(&engine).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&clusters)?);
             } else if clusters.is_empty() {

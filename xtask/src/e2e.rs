@@ -204,9 +204,9 @@ fn add_suite(setup: &mut Setup, env_file: &SuiteEnvFile, suite_crate: &str) {
         TaskKind::Build,
         &[],
         move |ctx: Arc<SetupContext>| async move {
-            let path = compile_suite(&crate_name, &ctx.run_dir).await?;
+            let (path, fresh) = compile_suite(&crate_name, &ctx.run_dir).await?;
             let _ = compiled.set(path);
-            Ok(Outcome::done())
+            Ok(Outcome::cached(fresh))
         },
     );
     let mut deps = everything;
@@ -226,8 +226,9 @@ fn add_suite(setup: &mut Setup, env_file: &SuiteEnvFile, suite_crate: &str) {
     );
 }
 
-/// Compiles the `e2e` test target of `crate_name`, returning its binary.
-async fn compile_suite(crate_name: &str, run_dir: &Path) -> Result<PathBuf, TaskError> {
+/// Compiles the `e2e` test target of `crate_name`, returning its binary and
+/// whether it was already up to date.
+async fn compile_suite(crate_name: &str, run_dir: &Path) -> Result<(PathBuf, bool), TaskError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = tokio::process::Command::new(cargo)
         // The whole workspace's feature set, like `cargo test --workspace`:
@@ -262,7 +263,10 @@ async fn compile_suite(crate_name: &str, run_dir: &Path) -> Result<PathBuf, Task
                 .as_str()
                 .is_some_and(|p| p.ends_with(&format!("/{crate_name}/Cargo.toml")))
         })
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .find_map(|m| {
+            let path = m["executable"].as_str().map(PathBuf::from)?;
+            Some((path, m["fresh"].as_bool().unwrap_or(false)))
+        })
         .ok_or_else(|| TaskError::msg(format!("cargo built no `e2e` test binary for {crate_name}")))
 }
 
@@ -443,10 +447,7 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
     let configs = setup.image_configs();
     let engine = Engine::connect().await.ok();
     let existing = match &engine {
-        Some(engine) => cluster::find(engine, &spec.name, &crate::cluster_options()?)
-            .await
-            .ok()
-            .flatten(),
+        Some(engine) => cluster::find(engine, &spec.name).await.ok().flatten(),
         None => None,
     };
     let scheduled = setup.into_plan().schedule(pattern);
@@ -476,6 +477,11 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
                 },
                 Err(e) => format!("cannot read its context: {}", infra_core::error_chain(&e)),
             };
+        } else if let Some(config) = configs
+            .iter()
+            .find(|c| format!("load {}", c.image_name) == task.name)
+        {
+            state = load_state(engine.as_ref(), existing.as_ref(), config).await;
         } else if task.kind == TaskKind::Cluster {
             state = match &existing {
                 Some(found) => format!("exists ({}): reused with --reuse-cluster", found.provider),
@@ -500,6 +506,39 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
     }
     println!("(the suite is compiled and run after these tasks by `cargo xtask e2e`)");
     Ok(())
+}
+
+/// Whether a load would be skipped: only when the cluster exists and every
+/// node already holds the image the build would produce.
+async fn load_state(
+    engine: Option<&Engine>,
+    cluster: Option<&cluster::ClusterSummary>,
+    config: &infra_core::E2eImageConfig,
+) -> String {
+    let (Some(engine), Some(cluster)) = (engine, cluster) else {
+        return "would load (no cluster yet)".into();
+    };
+    let Ok(reference) = infra_core::image::planned_reference(config) else {
+        return "would load".into();
+    };
+    let Some(id) = engine
+        .docker()
+        .inspect_image(&reference)
+        .await
+        .ok()
+        .and_then(|i| i.id)
+    else {
+        return "would load (after building)".into();
+    };
+    for node in &cluster.nodes {
+        let on_node = infra_core::load::nodes::image_ids_on_node(engine, node, &reference)
+            .await
+            .unwrap_or_default();
+        if !on_node.contains(&id) {
+            return format!("would load into {node} and any other node lacking it");
+        }
+    }
+    "cached: every node holds it (with --reuse-cluster)".into()
 }
 
 pub async fn down(args: DownArgs) -> Result<()> {

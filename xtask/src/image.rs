@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use infra_core::{E2eImageConfig, Engine, LoadMethod, build_image_for_kind, load_image_to_kind};
+use infra_core::{
+    E2eImageConfig, Engine, LoadMethod, build_image_for_kind, load_image_to_kind_with,
+};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -135,7 +137,7 @@ async fn load(args: LoadArgs) -> Result<()> {
         "loading {} into cluster {} by {} from {engine} ...",
         args.image, args.cluster, args.method
     );
-    let report = load_image_to_kind(&engine, &args.image, &args.cluster, args.method)
+    let report = load_image_to_kind_with(&engine, &args.image, &args.cluster, args.method)
         .await
         .with_context(|| format!("loading {} into {}", args.image, args.cluster))?;
     if args.json {

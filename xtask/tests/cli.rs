@@ -330,13 +330,8 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
         assert!(suite["end_seconds"].as_f64() > suite["start_seconds"].as_f64());
     }
     let engine = testing::engine(test).await.unwrap();
-    let options = infra_core::cluster::ClusterOptions {
-        kubeconfig_dir: cli.home.path().join(".kube"),
-        state_dir: cli.home.path().join("state/kind-e2e"),
-        ..Default::default()
-    };
     assert!(
-        infra_core::cluster::find(&engine, "datastorage-e2e", &options)
+        infra_core::cluster::find(&engine, "datastorage-e2e")
             .await
             .unwrap()
             .is_none(),
@@ -353,6 +348,17 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
         "--json",
     ]);
     assert!(first.status.success());
+    // A run that may not use it fails, and leaves the kept cluster alone.
+    let refused = cli.run(&["e2e", "datastorage", "--cluster", "sim"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already exists"));
+    assert!(
+        infra_core::cluster::find(&engine, "datastorage-e2e")
+            .await
+            .unwrap()
+            .is_some(),
+        "a run never deletes a cluster it did not create"
+    );
     let again = cli.run(&[
         "e2e",
         "datastorage",
@@ -370,9 +376,6 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
             .iter()
             .filter(|t| t["kind"] == kind)
         {
-            if t["name"].as_str().unwrap().ends_with("suite") {
-                continue;
-            }
             assert_eq!(
                 t["cached"], true,
                 "{t} should be cached on a reused cluster"
@@ -477,9 +480,11 @@ async fn a_failing_build_fails_the_run_naming_the_step_keeps_diagnostics_and_rem
         .expect("the run folder is printed");
     let error = std::fs::read_to_string(run_dir.join("error.txt")).unwrap();
     assert!(error.starts_with("build kubernaut/datastorage:"), "{error}");
+    let server_log = run_dir.join("diagnostics/nodes/sim-api-server.log");
     assert!(
-        run_dir.join("diagnostics/nodes").is_dir(),
-        "node logs are kept for a failed run"
+        std::fs::metadata(&server_log).is_ok_and(|m| m.len() > 0),
+        "the failed run keeps its cluster's logs: {}",
+        server_log.display()
     );
     assert!(run_dir.join("report.json").exists());
 

@@ -60,6 +60,14 @@ pub enum EngineError {
         source: bollard::errors::Error,
     },
 
+    #[error("`{command}` in container {container} failed (exit code {exit_code}): {output}")]
+    Command {
+        container: String,
+        command: String,
+        exit_code: i64,
+        output: String,
+    },
+
     #[error("writing to stdin of `{command}` in container {container} failed")]
     Stdin {
         container: String,
@@ -234,12 +242,32 @@ impl Engine {
 
     /// Runs `cmd` in `container` and collects its output and exit code.
     pub async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, EngineError> {
-        self.exec_with_stdin(container, cmd, None::<futures::stream::Empty<Bytes>>)
-            .await
+        self.exec_with_stdin(
+            container,
+            cmd,
+            None::<futures::stream::Empty<std::io::Result<Bytes>>>,
+        )
+        .await
+    }
+
+    /// Like [`Engine::exec`], but a non-zero exit is an error carrying the
+    /// command's last output lines.
+    pub async fn exec_ok(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, EngineError> {
+        let output = self.exec(container, cmd).await?;
+        if !output.success() {
+            return Err(EngineError::Command {
+                container: container.to_string(),
+                command: cmd.join(" "),
+                exit_code: output.exit_code,
+                output: output.tail(5),
+            });
+        }
+        Ok(output)
     }
 
     /// Runs `cmd` in `container`, feeding it `stdin` (then closing it) while its
-    /// output is read concurrently, so neither side can stall the other.
+    /// output is read concurrently, so neither side can stall the other. An
+    /// error reading `stdin` stops the feed and is returned.
     pub async fn exec_with_stdin<S>(
         &self,
         container: &str,
@@ -247,7 +275,7 @@ impl Engine {
         stdin: Option<S>,
     ) -> Result<ExecOutput, EngineError>
     where
-        S: Stream<Item = Bytes> + Send,
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         let session = self.start_exec(container, cmd, stdin.is_some()).await?;
         let ExecSession {
@@ -260,7 +288,7 @@ impl Engine {
             if let Some(stdin) = stdin {
                 futures::pin_mut!(stdin);
                 while let Some(chunk) = stdin.next().await {
-                    input.write_all(&chunk).await?;
+                    input.write_all(&chunk?).await?;
                 }
             }
             input.shutdown().await

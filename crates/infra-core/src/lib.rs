@@ -35,4 +35,6 @@ pub use image::{
     BuildAndLoadError, BuiltImage, E2eImageConfig, ImageError, build_and_load_image_to_kind,
     build_image_for_kind,
 };
-pub use load::{LoadError, LoadMethod, LoadReport, NodeLoad, load_image_to_kind};
+pub use load::{
+    LoadError, LoadMethod, LoadReport, NodeLoad, load_image_to_kind, load_image_to_kind_with,
+};

@@ -222,9 +222,12 @@ pub async fn run(
         if let Some(cluster) = cluster {
             cluster.release().await;
         }
-        // By name: a cluster whose creation was interrupted has no handle but
-        // may have left nodes behind.
-        if let Err(e) = cluster::delete(engine, &cluster_name, &cluster_options).await {
+        // By name, so that a creation cut short (no handle yet, nodes maybe
+        // started) is cleaned up too; but only a cluster this run set out to
+        // make: one that was there before is never deleted.
+        if context.created_cluster()
+            && let Err(e) = cluster::delete(engine, &cluster_name, &cluster_options).await
+        {
             teardown_error = Some(crate::error_chain(&e));
         }
     }
@@ -309,11 +312,17 @@ pub async fn collect_diagnostics(
     }
 }
 
-/// Removes containers a service's runs left behind (labelled with its service
-/// but belonging to no cluster that still exists). Returns how many.
+/// Removes containers a service's runs left behind: those carrying both a run
+/// id and the service's label that are not nodes of a cluster that still
+/// exists. Returns how many were removed; a removal that fails is an error.
 pub async fn remove_leftovers(engine: &Engine, service: &str) -> Result<usize, crate::EngineError> {
+    use crate::plan::setup::{LABEL_RUN_ID, LABEL_SERVICE};
+    let live: Vec<String> = cluster::list(engine)
+        .await
+        .map(|clusters| clusters.into_iter().map(|c| c.name).collect())
+        .unwrap_or_default();
     let containers = engine
-        .containers_labelled(&format!("{}={service}", crate::plan::setup::LABEL_SERVICE))
+        .containers_labelled(&format!("{LABEL_SERVICE}={service}"))
         .await?;
     let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
         .force(true)
@@ -321,15 +330,20 @@ pub async fn remove_leftovers(engine: &Engine, service: &str) -> Result<usize, c
         .build();
     let mut removed = 0;
     for container in containers {
+        let labels = container.labels.clone().unwrap_or_default();
+        let of_live_cluster = labels
+            .get(crate::load::nodes::CLUSTER_LABEL)
+            .is_some_and(|c| live.contains(c));
+        if !labels.contains_key(LABEL_RUN_ID) || of_live_cluster {
+            continue;
+        }
         let Some(id) = container.id else { continue };
-        if engine
+        engine
             .docker()
             .remove_container(&id, Some(options.clone()))
             .await
-            .is_ok()
-        {
-            removed += 1;
-        }
+            .map_err(|e| crate::EngineError::api(format!("removing leftover container {id}"), e))?;
+        removed += 1;
     }
     Ok(removed)
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::cluster::node::{
-    ensure_node_image, node_specs, remove_node_containers, start_node_containers,
+    NodeSpec, ensure_node_image, node_specs, remove_node_containers, start_node_containers,
 };
 use crate::engine::Engine;
 use crate::load::nodes::KindNode;
@@ -92,20 +92,27 @@ pub struct TestCluster {
 impl TestCluster {
     /// A control plane and `workers` workers.
     pub async fn start(engine: &Engine, prefix: &str, workers: usize) -> TestCluster {
+        Self::start_with(engine, prefix, workers, |_| {}).await
+    }
+
+    /// Like [`TestCluster::start`], with the node specs adjusted first (extra
+    /// mounts, ports).
+    pub async fn start_with(
+        engine: &Engine,
+        prefix: &str,
+        workers: usize,
+        adjust: impl FnOnce(&mut Vec<NodeSpec>),
+    ) -> TestCluster {
         let name = unique_name(prefix);
+        let mut specs = node_specs(&name, workers);
+        adjust(&mut specs);
         let image = ensure_node_image(engine, &log_dir())
             .await
             .unwrap_or_else(|e| panic!("building the node image: {e:?}"));
         let labels = HashMap::from([(TEST_LABEL.to_string(), "true".to_string())]);
-        let nodes = start_node_containers(
-            engine,
-            &image.reference,
-            &name,
-            &node_specs(&name, workers),
-            &labels,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("starting node containers for {name}: {e:?}"));
+        let nodes = start_node_containers(engine, &image.reference, &name, &specs, &labels)
+            .await
+            .unwrap_or_else(|e| panic!("starting node containers for {name}: {e:?}"));
         TestCluster {
             name,
             nodes,

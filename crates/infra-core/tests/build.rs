@@ -65,8 +65,12 @@ async fn cold_build_cache_hit_and_rebuild(engine: Engine, test: &str) {
         .await
         .unwrap();
     let labels = inspect.config.unwrap().labels.unwrap();
-    assert_eq!(labels["io.kind-e2e.service"], service);
-    assert_eq!(labels["io.kind-e2e.input-digest"], cold.input_digest);
+    assert_eq!(labels["io.kind-e2e.image.service"], service);
+    assert_eq!(labels["io.kind-e2e.image.input-digest"], cold.input_digest);
+    assert!(
+        !labels.contains_key("io.kind-e2e.service"),
+        "run labels stay off images: every container made from one would inherit them"
+    );
     assert!(
         std::fs::read_to_string(&cold.log)
             .unwrap()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use infra_core::cluster::spec::ClusterSpec;
 use infra_core::cluster::{self, ClusterOptions, Existing, Provider};
 use infra_core::testing::{self, unique_name};
-use infra_core::{E2eImageConfig, LoadMethod, build_image_for_kind, load_image_to_kind};
+use infra_core::{E2eImageConfig, LoadMethod, build_image_for_kind, load_image_to_kind_with};
 
 fn options(dir: &std::path::Path) -> ClusterOptions {
     ClusterOptions {
@@ -94,7 +94,7 @@ async fn images_stream_into_a_real_kind_cluster() {
     .await
     .unwrap();
     for method in [LoadMethod::Stream, LoadMethod::Archive] {
-        let report = load_image_to_kind(&engine, &image.reference, &spec.name, method)
+        let report = load_image_to_kind_with(&engine, &image.reference, &spec.name, method)
             .await
             .unwrap();
         assert_eq!(report.nodes.len(), 2);

@@ -7,6 +7,7 @@ use infra_core::load::nodes::image_ids_on_node;
 use infra_core::testing::{self, TestCluster, unique_name};
 use infra_core::{
     E2eImageConfig, Engine, LoadError, LoadMethod, build_image_for_kind, load_image_to_kind,
+    load_image_to_kind_with,
 };
 
 async fn busybox_image(engine: &Engine, test: &str) -> Option<infra_core::BuiltImage> {
@@ -52,7 +53,7 @@ async fn stream_skip_and_archive(engine: Engine, test: &str) {
     let cluster = TestCluster::start(&engine, "load", 1).await;
     assert_eq!(cluster.nodes.len(), 2);
 
-    let streamed = load_image_to_kind(&engine, &image.reference, &cluster.name, LoadMethod::Stream)
+    let streamed = load_image_to_kind(&engine, &image.reference, &cluster.name)
         .await
         .unwrap();
     assert_eq!(streamed.method, LoadMethod::Stream);
@@ -73,7 +74,7 @@ async fn stream_skip_and_archive(engine: Engine, test: &str) {
     assert!(streamed.nodes.iter().all(|n| !n.skipped));
     assert_on_every_node(&engine, &cluster, &image.reference, &image.image_id).await;
 
-    let again = load_image_to_kind(&engine, &image.reference, &cluster.name, LoadMethod::Stream)
+    let again = load_image_to_kind(&engine, &image.reference, &cluster.name)
         .await
         .unwrap();
     assert!(again.nodes.iter().all(|n| n.skipped), "{:?}", again.nodes);
@@ -82,7 +83,7 @@ async fn stream_skip_and_archive(engine: Engine, test: &str) {
         "nothing is exported when every node has it"
     );
 
-    let archived = load_image_to_kind(
+    let archived = load_image_to_kind_with(
         &engine,
         &image.reference,
         &cluster.name,
@@ -127,14 +128,9 @@ async fn loading_into_a_cluster_without_nodes_names_the_cluster_and_engine() {
     let Some(image) = busybox_image(&engine, test).await else {
         return;
     };
-    let err = load_image_to_kind(
-        &engine,
-        &image.reference,
-        "no-such-cluster",
-        LoadMethod::Stream,
-    )
-    .await
-    .unwrap_err();
+    let err = load_image_to_kind(&engine, &image.reference, "no-such-cluster")
+        .await
+        .unwrap_err();
     assert!(matches!(err, LoadError::NoNodes { .. }), "{err:?}");
     let message = infra_core::error_chain(&err);
     assert!(
@@ -154,7 +150,6 @@ async fn loading_an_image_the_engine_lacks_says_to_build_it() {
         &engine,
         "localhost/e2e-test/never-built:x-000000000000",
         "whatever",
-        LoadMethod::Stream,
     )
     .await
     .unwrap_err();
@@ -168,18 +163,36 @@ async fn a_failing_import_reports_the_node_and_ctrs_error() {
     let Some(engine) = testing::engine(test).await else {
         return;
     };
-    let cluster = TestCluster::start(&engine, "badimport", 0).await;
-    // Feed ctr something that is not an image archive.
-    let output = engine
-        .exec_with_stdin(
-            &cluster.nodes[0].name,
-            &["ctr", "--namespace=k8s.io", "images", "import", "-"],
-            Some(futures::stream::iter([bytes::Bytes::from_static(
-                b"not a tar",
-            )])),
-        )
+    let Some(image) = busybox_image(&engine, test).await else {
+        return;
+    };
+    // A node whose containerd names a snapshotter it does not have: the
+    // loader reads it from `containerd config dump`, and ctr refuses it.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"nosuch\"\n",
+    )
+    .unwrap();
+    let path = config.path().to_path_buf();
+    let cluster = TestCluster::start_with(&engine, "badimport", 0, |specs| {
+        specs[0]
+            .mounts
+            .push((path, "/etc/containerd/config.toml".into()));
+    })
+    .await;
+    let err = load_image_to_kind(&engine, &image.reference, &cluster.name)
         .await
-        .unwrap();
-    assert!(!output.success());
-    assert!(!output.tail(5).is_empty());
+        .unwrap_err();
+    let message = infra_core::error_chain(&err);
+    assert!(matches!(err, LoadError::Import { .. }), "{message}");
+    assert!(
+        message.contains(&cluster.nodes[0].name),
+        "names the node: {message}"
+    );
+    assert!(
+        message.contains("nosuch"),
+        "carries ctr's stderr: {message}"
+    );
+    testing::remove_image(&engine, &image.reference).await;
 }

@@ -15,9 +15,7 @@ use infra_core::stack::namespace;
 use infra_core::stack::postgres::PostgresConfig;
 use infra_core::stack::redis::RedisConfig;
 use infra_core::testing::{self, unique_name};
-use infra_core::{
-    DeployError, E2eImageConfig, Engine, LoadMethod, build_image_for_kind, load_image_to_kind,
-};
+use infra_core::{DeployError, E2eImageConfig, Engine, build_image_for_kind, load_image_to_kind};
 
 struct SimCluster {
     engine: Engine,
@@ -69,12 +67,7 @@ impl SimCluster {
             "sim cluster {name} deleted in {:.2}s",
             started.elapsed().as_secs_f64()
         );
-        assert!(
-            cluster::find(&self.engine, &name, &self.options)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(cluster::find(&self.engine, &name).await.unwrap().is_none());
     }
 }
 
@@ -143,7 +136,7 @@ async fn the_shared_stack_deploys_in_order_and_becomes_ready_on_sim() {
     };
     let sim = SimCluster::start(&engine, "stack").await;
     let cluster = sim.cluster();
-    load_image_to_kind(&engine, &image.reference, &cluster.name, LoadMethod::Stream)
+    load_image_to_kind(&engine, &image.reference, &cluster.name)
         .await
         .unwrap();
     let client = cluster.client().await.unwrap();
@@ -231,7 +224,8 @@ async fn manifests_are_applied_crds_and_namespaces_first_whatever_their_order() 
     let sim = SimCluster::start(&engine, "order").await;
     let client = sim.cluster().client().await.unwrap();
     let applier = Applier::new(client.clone(), "order-test")
-        .with_labels([("io.kind-e2e.run-id".to_string(), "run-1".to_string())].into());
+        .with_labels([("io.kind-e2e.run-id".to_string(), "run-1".to_string())].into())
+        .with_template_labels([("io.kind-e2e.service".to_string(), "gateway".to_string())].into());
     // The custom resource comes first, its namespace next, its CRD last: in
     // this order a naive apply fails twice.
     let yaml = r#"
@@ -292,6 +286,22 @@ spec:
         "run-1",
         "everything applied carries the run's labels"
     );
+
+    // Workloads' pod templates carry the template labels, so their pods do.
+    applier
+        .apply_yaml(
+            "app.yaml",
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: once\n  namespace: gateway\n\
+             spec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n\
+             \x20     - name: c\n        image: busybox:1\n",
+        )
+        .await
+        .unwrap();
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+        kube::Api::namespaced(client.clone(), "gateway");
+    let job = jobs.get("once").await.unwrap();
+    let template_labels = job.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    assert_eq!(template_labels["io.kind-e2e.service"], "gateway");
 
     // A kind the cluster does not serve is named, with the fix.
     let err = applier

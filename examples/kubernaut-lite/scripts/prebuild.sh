@@ -30,7 +30,9 @@ workspace_manifest=$(cargo locate-project --workspace --message-format plain --m
 workspace_root=$(dirname "$workspace_manifest")
 
 profile=${PREBUILD_PROFILE:-e2e-image}
-target=x86_64-unknown-linux-gnu
+# The host's own target triple: glibc static linking works for it, and an
+# explicit --target keeps RUSTFLAGS away from build scripts and proc macros.
+target=$(rustc -vV | sed -n 's/^host: //p')
 target_dir="$workspace_root/target/static"
 case $profile in
   dev | debug) profile_dir=debug ;;

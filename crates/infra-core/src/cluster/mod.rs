@@ -172,8 +172,8 @@ pub enum ClusterError {
     InvalidSpec { cluster: String, problem: String },
 
     #[error(
-        "cluster {cluster} already exists ({provider}); reuse it (--reuse-cluster) or delete it \
-         (cargo xtask cluster delete {cluster})"
+        "cluster {cluster} already exists ({provider}): delete it with `cargo xtask cluster \
+         delete {cluster}`, or, for `cargo xtask e2e`, use it with --reuse-cluster"
     )]
     Exists { cluster: String, provider: Provider },
 
@@ -181,7 +181,9 @@ pub enum ClusterError {
     Sim { cluster: String, problem: String },
 
     #[error(
-        "cluster {cluster} is a {found} cluster, not {wanted}; delete it first or use --cluster {found}"
+        "cluster {cluster} is a {found} cluster, not {wanted}: delete it first (`cargo xtask \
+         cluster delete {cluster}`) or ask for {found} (`--cluster {found}` for e2e, \
+         `--provider {found}` for cluster create)"
     )]
     WrongProvider {
         cluster: String,
@@ -223,7 +225,7 @@ pub async fn create(
             problem,
         })?;
     let kubeconfig = options.kubeconfig_path(&spec.name);
-    if let Some(found) = find(engine, &spec.name, options).await? {
+    if let Some(found) = find(engine, &spec.name).await? {
         if found.provider != provider {
             return Err(ClusterError::WrongProvider {
                 cluster: spec.name.clone(),
@@ -343,31 +345,31 @@ async fn create_kind(
     kind.create(&spec.name, config.path(), kubeconfig, &wait)
         .run()
         .await?;
-    // Re-export: the file `--kubeconfig` leaves was found unreliable.
-    let text = kind.get_kubeconfig(&spec.name).run().await?;
-    write_private(kubeconfig, &text)?;
-    Ok(find_kind_nodes(engine, &spec.name).await?)
+    let finish = async {
+        // Re-export: the file `--kubeconfig` leaves was found unreliable.
+        let text = kind.get_kubeconfig(&spec.name).run().await?;
+        write_private(kubeconfig, &text)?;
+        Ok::<_, ClusterError>(find_kind_nodes(engine, &spec.name).await?)
+    };
+    match finish.await {
+        Ok(nodes) => Ok(nodes),
+        Err(error) => {
+            // A cluster we cannot hand over is not left behind.
+            let _ = kind.delete(&spec.name).run().await;
+            let _ = std::fs::remove_file(kubeconfig);
+            Err(error)
+        }
+    }
 }
 
 /// The cluster called `name`, if its node containers exist.
-pub async fn find(
-    engine: &Engine,
-    name: &str,
-    options: &ClusterOptions,
-) -> Result<Option<ClusterSummary>, ClusterError> {
-    Ok(list(engine, options)
-        .await?
-        .into_iter()
-        .find(|c| c.name == name))
+pub async fn find(engine: &Engine, name: &str) -> Result<Option<ClusterSummary>, ClusterError> {
+    Ok(list(engine).await?.into_iter().find(|c| c.name == name))
 }
 
 /// Every cluster on this engine, kind's and simulated, found by kind's node
 /// labels (sim nodes also carry [`sim::PROVIDER_LABEL`]).
-pub async fn list(
-    engine: &Engine,
-    options: &ClusterOptions,
-) -> Result<Vec<ClusterSummary>, ClusterError> {
-    let _ = options;
+pub async fn list(engine: &Engine) -> Result<Vec<ClusterSummary>, ClusterError> {
     let containers = engine
         .containers_labelled(crate::load::nodes::CLUSTER_LABEL)
         .await?;
@@ -412,7 +414,7 @@ pub async fn delete(
     options: &ClusterOptions,
 ) -> Result<bool, ClusterError> {
     let kubeconfig = options.kubeconfig_path(name);
-    match find(engine, name, options).await? {
+    match find(engine, name).await? {
         Some(found) if found.provider == Provider::Kind => {
             let kind = KindCli::find(engine.kind())?;
             kind.delete(name).run().await?;

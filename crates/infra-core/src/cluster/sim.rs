@@ -348,12 +348,20 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// The detached server of the cluster whose state is in `dir`, if it is
+/// running: its pid must be alive *and* be that server (its command line
+/// names this state folder), so a pid reused after a reboot is never taken
+/// for it, let alone signalled.
+fn live_server(dir: &Path) -> Option<ServerInfo> {
+    let info = read_server_info(dir).ok()?;
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", info.pid)).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    (cmdline.contains(&dir.display().to_string()) && !is_zombie(info.pid as i32)).then_some(info)
+}
+
 /// Whether a detached server for `cluster` is running, and its URL.
 pub(crate) fn running_server(state_dir: &Path, cluster: &str) -> Option<String> {
-    let info = read_server_info(&cluster_dir(state_dir, cluster)).ok()?;
-    Path::new(&format!("/proc/{}", info.pid))
-        .exists()
-        .then_some(info.url)
+    live_server(&cluster_dir(state_dir, cluster)).map(|info| info.url)
 }
 
 /// Stops the detached server (if any), removes the node containers, the
@@ -366,7 +374,7 @@ pub(crate) async fn delete(
 ) -> Result<bool, ClusterError> {
     let dir = cluster_dir(state_dir, cluster);
     let mut existed = dir.exists();
-    if let Ok(info) = read_server_info(&dir) {
+    if let Some(info) = live_server(&dir) {
         stop_process(info.pid).await;
     }
     existed |= remove_node_containers(engine, cluster).await? > 0;

@@ -86,6 +86,7 @@ pub struct Applier {
     client: kube::Client,
     field_manager: String,
     labels: BTreeMap<String, String>,
+    template_labels: BTreeMap<String, String>,
     kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
     crd_timeout: Duration,
 }
@@ -96,6 +97,7 @@ impl Applier {
             client,
             field_manager: field_manager.into(),
             labels: BTreeMap::new(),
+            template_labels: BTreeMap::new(),
             kinds: Mutex::new(HashMap::new()),
             crd_timeout: Duration::from_secs(60),
         }
@@ -105,6 +107,15 @@ impl Applier {
     #[must_use]
     pub fn with_labels(mut self, labels: BTreeMap<String, String>) -> Self {
         self.labels = labels;
+        self
+    }
+
+    /// Labels put on the pod templates of every workload applied, so the pods
+    /// controllers make carry them too. Keep these stable across runs (the
+    /// service, not the run id): a changed template restarts every pod.
+    #[must_use]
+    pub fn with_template_labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.template_labels = labels;
         self
     }
 
@@ -187,6 +198,20 @@ impl Applier {
                 problem: "metadata.name is required".into(),
             })?;
         let (resource, capabilities) = self.resolve(&gvk).await?;
+        for path in ["/spec/template", "/spec/jobTemplate/spec/template"] {
+            if self.template_labels.is_empty() {
+                break;
+            }
+            if let Some(template) = object.data.pointer_mut(path) {
+                // Indexing creates `metadata` and `labels` when they are absent.
+                let labels = &mut template["metadata"]["labels"];
+                for (key, value) in &self.template_labels {
+                    if labels.get(key).is_none() {
+                        labels[key] = serde_json::Value::String(value.clone());
+                    }
+                }
+            }
+        }
         if !self.labels.is_empty() {
             let labels = object.metadata.labels.get_or_insert_with(BTreeMap::new);
             for (key, value) in &self.labels {
@@ -233,9 +258,25 @@ impl Applier {
         }
         let found = kube::discovery::pinned_kind(&self.client, gvk)
             .await
-            .map_err(|_| DeployError::UnknownKind {
-                api_version: gvk.api_version(),
-                kind: gvk.kind.clone(),
+            .map_err(|error| match &error {
+                // The group/version or the kind is not served: a missing CRD or
+                // a wrong apiVersion. Anything else is the API failing.
+                kube::Error::Discovery(_) => DeployError::UnknownKind {
+                    api_version: gvk.api_version(),
+                    kind: gvk.kind.clone(),
+                },
+                kube::Error::Api(status) if status.code == 404 => DeployError::UnknownKind {
+                    api_version: gvk.api_version(),
+                    kind: gvk.kind.clone(),
+                },
+                _ => DeployError::Kube {
+                    what: format!(
+                        "resolving {} {} through discovery",
+                        gvk.api_version(),
+                        gvk.kind
+                    ),
+                    source: error,
+                },
             })?;
         self.kinds
             .lock()

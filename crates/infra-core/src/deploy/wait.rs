@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -295,7 +295,9 @@ async fn watch_for_failure(
         .default_backoff()
         .applied_objects()
         .boxed();
-    while let Ok(Some(pod)) = stream.try_next().await {
+    while let Some(event) = stream.next().await {
+        // A watch error is retried by the watcher (with backoff); keep looking.
+        let Ok(pod) = event else { continue };
         if let Some((reason, message)) = fatal_reason(&pod) {
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             return WaitError::Failed {
@@ -532,8 +534,9 @@ pub mod conditions {
         }
     }
 
-    /// Every replica of the current generation is updated and available, and
-    /// the Deployment says `Available=True`.
+    /// The rollout is complete, as `kubectl rollout status` judges it: every
+    /// replica is of the current template, no old replica is left, every
+    /// updated one is available, and the Deployment says `Available=True`.
     #[must_use]
     pub fn deployment_available() -> impl Condition<Deployment> {
         |obj: Option<&Deployment>| {
@@ -547,9 +550,11 @@ pub mod conditions {
                 .iter()
                 .flatten()
                 .any(|c| c.type_ == "Available" && c.status == "True");
+            let updated = status.updated_replicas.unwrap_or(0);
             generation_observed(d.metadata.generation, status.observed_generation)
-                && status.updated_replicas.unwrap_or(0) >= want
-                && status.available_replicas.unwrap_or(0) >= want
+                && updated >= want
+                && status.replicas.unwrap_or(0) <= updated
+                && status.available_replicas.unwrap_or(0) >= updated
                 && (available || want == 0)
         }
     }
@@ -661,6 +666,14 @@ mod tests {
         }));
         assert!(!deployment_available().matches_object(Some(&partly)));
         assert!(!deployment_available().matches_object(None));
+        // Mid-rollout: the new pod is up, the old one still serves.
+        let rolling = deployment(json!({
+            "metadata": {"name": "d", "generation": 2},
+            "spec": {"replicas": 1, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
+                "availableReplicas": 2, "conditions": [{"type": "Available", "status": "True"}]}
+        }));
+        assert!(!deployment_available().matches_object(Some(&rolling)));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::context::BuildContext;
 use super::{
-    BuiltImage, E2eImageConfig, ImageError, LABEL_COVERAGE, LABEL_INPUT_DIGEST, LABEL_SERVICE,
+    BuiltImage, E2eImageConfig, ImageError, LABEL_COVERAGE, LABEL_IMAGE_SERVICE, LABEL_INPUT_DIGEST,
 };
 use crate::engine::{Engine, last_lines};
 
@@ -83,7 +83,7 @@ pub async fn build_image_for_kind(
 
     let dockerfile = context.dockerfile().to_string();
     let labels = HashMap::from([
-        (LABEL_SERVICE.to_string(), service.clone()),
+        (LABEL_IMAGE_SERVICE.to_string(), service.clone()),
         (LABEL_INPUT_DIGEST.to_string(), input_digest.clone()),
         (
             LABEL_COVERAGE.to_string(),

@@ -144,8 +144,10 @@ impl BuildContext {
             let file_type = item.file_type();
             if ignore.is_excluded(&rel) && !always_sent(&rel) {
                 // Without exceptions nothing below an excluded directory can
-                // come back, so do not even read it.
-                if file_type.is_dir() && !ignore.has_exceptions() {
+                // come back (but the Dockerfile, always sent), so do not even
+                // read it.
+                let holds_dockerfile = dockerfile_rel.starts_with(&format!("{rel}/"));
+                if file_type.is_dir() && !ignore.has_exceptions() && !holds_dockerfile {
                     walk.skip_current_dir();
                 }
                 continue;
@@ -356,6 +358,26 @@ mod tests {
                 ".dockerignore",
                 "Dockerfile",
                 "notes/keep.txt",
+                "src",
+                "src/main.rs"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dockerfile_inside_an_ignored_folder_is_still_sent() {
+        let dir = sample();
+        write(dir.path(), "docker/app.Dockerfile", "FROM scratch\n");
+        write(dir.path(), "docker/other.txt", "not sent\n");
+        fs::write(dir.path().join(".dockerignore"), "docker\ntarget\nnotes\n").unwrap();
+        let ctx = BuildContext::scan(dir.path(), Path::new("docker/app.Dockerfile")).unwrap();
+        let paths: Vec<&str> = ctx.paths().collect();
+        assert_eq!(
+            paths,
+            [
+                ".dockerignore",
+                "Dockerfile",
+                "docker/app.Dockerfile",
                 "src",
                 "src/main.rs"
             ]

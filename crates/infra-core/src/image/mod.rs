@@ -18,14 +18,16 @@ use std::path::{Path, PathBuf};
 pub use build::build_image_for_kind;
 
 use crate::engine::{Engine, EngineError};
-use crate::load::{LoadError, LoadMethod, LoadReport};
+use crate::load::{LoadError, LoadReport};
 
-/// Label carrying the service an image was built for.
-pub const LABEL_SERVICE: &str = "io.kind-e2e.service";
+/// Label carrying the service an image was built for. (Image labels are
+/// inherited by every container made from the image, so they use keys of
+/// their own, apart from the run labels in [`crate::plan::setup`].)
+pub const LABEL_IMAGE_SERVICE: &str = "io.kind-e2e.image.service";
 /// Label carrying the full input digest (the tag holds its first 12 hex digits).
-pub const LABEL_INPUT_DIGEST: &str = "io.kind-e2e.input-digest";
+pub const LABEL_INPUT_DIGEST: &str = "io.kind-e2e.image.input-digest";
 /// Label marking a coverage-instrumented image.
-pub const LABEL_COVERAGE: &str = "io.kind-e2e.coverage";
+pub const LABEL_COVERAGE: &str = "io.kind-e2e.image.coverage";
 
 /// Environment variable that switches coverage on for every build, as in the
 /// original (`E2E_COVERAGE=true`).
@@ -331,16 +333,15 @@ pub enum BuildAndLoadError {
     Engine(#[from] EngineError),
 }
 
-/// Builds `config`'s image and loads it into `cluster`: the one-call wrapper the
-/// standard pattern uses.
+/// Builds `config`'s image and streams it into `cluster`: the one-call
+/// wrapper the standard pattern uses.
 pub async fn build_and_load_image_to_kind(
     engine: &Engine,
     config: &E2eImageConfig,
     cluster: &str,
-    method: LoadMethod,
 ) -> Result<(BuiltImage, LoadReport), BuildAndLoadError> {
     let built = build_image_for_kind(engine, config).await?;
-    let loaded = crate::load::load_image_to_kind(engine, &built.reference, cluster, method).await?;
+    let loaded = crate::load::load_image_to_kind(engine, &built.reference, cluster).await?;
     Ok((built, loaded))
 }
 

@@ -147,8 +147,19 @@ pub enum LoadError {
     Engine(#[from] EngineError),
 }
 
-/// Loads `image` (a reference the engine holds) into every node of `cluster`.
+/// Loads `image` (a reference the engine holds) into every node of `cluster`
+/// by streaming: exported once, imported into every node that lacks it, no
+/// file written.
 pub async fn load_image_to_kind(
+    engine: &Engine,
+    image: &str,
+    cluster: &str,
+) -> Result<LoadReport, LoadError> {
+    load_image_to_kind_with(engine, image, cluster, LoadMethod::Stream).await
+}
+
+/// [`load_image_to_kind`] by a chosen method (`archive` is the original's).
+pub async fn load_image_to_kind_with(
     engine: &Engine,
     image: &str,
     cluster: &str,
@@ -449,8 +460,7 @@ async fn load_via_archive(
             let file = tokio::fs::File::open(&path)
                 .await
                 .map_err(archive_err(&path))?;
-            let stdin = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-                .filter_map(|chunk| async move { chunk.ok() });
+            let stdin = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
             let command = ctr_import_command(&snapshotter);
             let command: Vec<&str> = command.iter().map(String::as_str).collect();
             let output = engine

@@ -84,7 +84,9 @@ pub fn snapshotter_from_config(dump: &str) -> String {
 
 /// Asks the node's containerd which snapshotter its CRI plugin uses.
 pub async fn node_snapshotter(engine: &Engine, node: &str) -> Result<String, EngineError> {
-    let dump = engine.exec(node, &["containerd", "config", "dump"]).await?;
+    let dump = engine
+        .exec_ok(node, &["containerd", "config", "dump"])
+        .await?;
     Ok(snapshotter_from_config(&dump.stdout))
 }
 
@@ -113,7 +115,7 @@ pub async fn image_ids_on_node(
     let namespace = format!("--namespace={K8S_NAMESPACE}");
     let filter = format!("name=={reference}");
     let listed = engine
-        .exec(node, &["ctr", &namespace, "images", "ls", &filter])
+        .exec_ok(node, &["ctr", &namespace, "images", "ls", &filter])
         .await?;
     let Some(target) = manifest_digest(&listed.stdout, reference) else {
         return Ok(Vec::new());
@@ -123,7 +125,7 @@ pub async fn image_ids_on_node(
     // An index lists manifests; follow them (at most a handful) to their configs.
     while let Some(digest) = pending.pop() {
         let blob = engine
-            .exec(node, &["ctr", &namespace, "content", "get", &digest])
+            .exec_ok(node, &["ctr", &namespace, "content", "get", &digest])
             .await?;
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&blob.stdout) else {
             continue;

@@ -12,12 +12,12 @@ use tokio::sync::OnceCell;
 
 use super::{Outcome, Plan, TaskError, TaskId, TaskKind};
 use crate::cluster::spec::ClusterSpec;
-use crate::cluster::{self, Cluster, ClusterOptions, Provider};
+use crate::cluster::{self, Cluster, ClusterOptions, Existing, Provider};
 use crate::deploy::Applier;
 use crate::deploy::health::{HealthCheck, wait_healthy};
 use crate::engine::Engine;
 use crate::image::{BuiltImage, E2eImageConfig, build_image_for_kind};
-use crate::load::{LoadMethod, load_image_to_kind};
+use crate::load::{LoadMethod, load_image_to_kind_with};
 use crate::stack::Component;
 
 /// Label carrying the id of the run that created an object or container.
@@ -36,6 +36,9 @@ pub struct SetupContext {
     pub cluster_options: ClusterOptions,
     pub load_method: LoadMethod,
     cluster: OnceCell<Cluster>,
+    /// Set the moment this run starts making its cluster (not when it found
+    /// one): only then may teardown delete a cluster by that name.
+    creating_cluster: std::sync::atomic::AtomicBool,
     applier: OnceCell<Applier>,
     images: Mutex<HashMap<String, BuiltImage>>,
 }
@@ -65,6 +68,7 @@ impl SetupContext {
             cluster_options,
             load_method: LoadMethod::Stream,
             cluster: OnceCell::new(),
+            creating_cluster: Default::default(),
             applier: OnceCell::new(),
             images: Mutex::new(HashMap::new()),
         }
@@ -73,6 +77,13 @@ impl SetupContext {
     /// The cluster, once its task has run.
     pub fn cluster(&self) -> Option<&Cluster> {
         self.cluster.get()
+    }
+
+    /// Whether this run started making its cluster (even if it did not
+    /// finish): a cluster that existed before the run is never this run's.
+    pub fn created_cluster(&self) -> bool {
+        self.creating_cluster
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Takes the cluster out (for teardown).
@@ -186,6 +197,13 @@ impl Setup {
             TaskKind::Cluster,
             &[],
             move |ctx: Arc<SetupContext>| async move {
+                let existing = cluster::find(&ctx.engine, &spec.name)
+                    .await
+                    .map_err(|e| TaskError::new(&e))?;
+                if existing.is_none() || ctx.cluster_options.existing == Existing::Recreate {
+                    ctx.creating_cluster
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 let cluster =
                     cluster::create(&ctx.engine, ctx.provider, &spec, &ctx.cluster_options)
                         .await
@@ -193,7 +211,11 @@ impl Setup {
                 let reused = cluster.reused;
                 let client = cluster.client().await.map_err(|e| TaskError::new(&e))?;
                 let applier = Applier::new(client, format!("kind-e2e-{}", ctx.service))
-                    .with_labels(ctx.labels());
+                    .with_labels(ctx.labels())
+                    .with_template_labels(BTreeMap::from([(
+                        LABEL_SERVICE.to_string(),
+                        ctx.service.clone(),
+                    )]));
                 let _ = ctx.applier.set(applier);
                 let note = format!("{} nodes, {}", cluster.nodes.len(), ctx.provider);
                 let _ = ctx.cluster.set(cluster);
@@ -219,7 +241,7 @@ impl Setup {
                     .image(&key)
                     .ok_or_else(|| TaskError::msg(format!("image {key} was not built")))?;
                 let cluster = ctx.cluster().expect("the cluster task ran");
-                let report = load_image_to_kind(
+                let report = load_image_to_kind_with(
                     &ctx.engine,
                     &built.reference,
                     &cluster.name,
