@@ -6,6 +6,7 @@
 //! folder). Tests that use DataStorage's cluster (fixed name and host ports)
 //! take a lock so they run one at a time.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -540,6 +541,8 @@ async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
     );
 
     let cli = Cli::new();
+    // Its own process group, signalled as a whole like a terminal's Ctrl-C
+    // (the child processes it runs, cargo among them, get it too).
     let mut child = cli
         .command(&[
             "e2e",
@@ -551,6 +554,7 @@ async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
         ])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
@@ -575,7 +579,7 @@ async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
     }
     // Let the slow RUN step start, then interrupt like a terminal would.
     std::thread::sleep(Duration::from_secs(3));
-    nix::sys::signal::kill(
+    nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )

@@ -103,26 +103,6 @@ pub async fn wait_healthy(client: &kube::Client, check: &HealthCheck) -> Result<
     })
 }
 
-/// Polls `url` until it answers 2xx or `timeout` passes.
-pub async fn wait_http(url: &str, timeout: Duration) -> Result<(), HealthError> {
-    url_path(url)?;
-    let started = Instant::now();
-    let mut last = String::from("no answer yet");
-    while started.elapsed() < timeout {
-        match get(url).await {
-            Probe::Status(code) if (200..300).contains(&code) => return Ok(()),
-            Probe::Status(code) => last = format!("HTTP {code}"),
-            Probe::Refused(why) => last = why,
-        }
-        tokio::time::sleep(INTERVAL).await;
-    }
-    Err(HealthError::Unhealthy {
-        url: url.to_string(),
-        seconds: timeout.as_secs(),
-        last,
-    })
-}
-
 /// One GET with a short timeout.
 pub async fn get(url: &str) -> Probe {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -217,8 +197,23 @@ pub async fn get_via_port_forward(
 mod tests {
     use super::*;
 
+    fn check(url: String, timeout: Duration) -> HealthCheck {
+        HealthCheck {
+            url,
+            namespace: "ns".into(),
+            pod_selector: "app=x".into(),
+            pod_port: 8080,
+            timeout,
+        }
+    }
+
     #[tokio::test]
-    async fn http_wait_sees_a_real_server_and_times_out_on_a_closed_port() {
+    async fn a_real_server_is_seen_and_a_failing_one_reported_with_its_answer() {
+        // The port-forward fallback is never reached here (the host port
+        // answers, or the wait ends first), so the client points nowhere.
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
@@ -238,33 +233,31 @@ mod tests {
                     .await;
             }
         });
-        wait_http(
-            &format!("http://127.0.0.1:{port}/health"),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        let err = wait_http(
-            &format!("http://127.0.0.1:{port}/ready"),
-            Duration::from_millis(600),
-        )
-        .await
-        .unwrap_err();
+        let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+        wait_healthy(&client, &check(url("/health"), Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let err = wait_healthy(&client, &check(url("/ready"), Duration::from_millis(600)))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("HTTP 503"), "{err}");
         server.abort();
 
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed_port = closed.local_addr().unwrap().port();
         drop(closed);
-        let err = wait_http(
-            &format!("http://127.0.0.1:{closed_port}/"),
-            Duration::from_millis(300),
+        let err = wait_healthy(
+            &client,
+            &check(
+                format!("http://127.0.0.1:{closed_port}/"),
+                Duration::from_millis(300),
+            ),
         )
         .await
         .unwrap_err();
         assert!(matches!(err, HealthError::Unhealthy { .. }));
         assert!(matches!(
-            wait_http("ftp://x/", Duration::from_secs(1)).await,
+            wait_healthy(&client, &check("ftp://x/".into(), Duration::from_secs(1))).await,
             Err(HealthError::BadUrl { .. })
         ));
     }

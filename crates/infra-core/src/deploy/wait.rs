@@ -214,6 +214,24 @@ async fn watch_ready(client: &kube::Client, target: &Target) -> Result<(), WaitE
     Ok(())
 }
 
+/// The namespaced object `name` of kind `K`, if it exists.
+async fn get<K>(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+}
+
 /// The label selector of the target's pods (`metadata.name` for a pod).
 async fn pod_selector(client: &kube::Client, target: &Target) -> Result<PodSelector, WaitError> {
     let ns = &target.namespace;
@@ -228,20 +246,17 @@ async fn pod_selector(client: &kube::Client, target: &Target) -> Result<PodSelec
     // select nothing until it does; readiness still waits for it.
     let selector = match target.kind {
         Workload::Pod => PodSelector::Name(target.name.clone()),
-        Workload::Deployment => Api::<Deployment>::namespaced(client.clone(), ns)
-            .get_opt(&target.name)
+        Workload::Deployment => get::<Deployment>(client, ns, &target.name)
             .await
             .map_err(get_error)?
             .and_then(|d| d.spec.map(|s| s.selector.match_labels))
             .map_or(PodSelector::None, labels),
-        Workload::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), ns)
-            .get_opt(&target.name)
+        Workload::StatefulSet => get::<StatefulSet>(client, ns, &target.name)
             .await
             .map_err(get_error)?
             .and_then(|d| d.spec.map(|s| s.selector.match_labels))
             .map_or(PodSelector::None, labels),
-        Workload::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), ns)
-            .get_opt(&target.name)
+        Workload::DaemonSet => get::<DaemonSet>(client, ns, &target.name)
             .await
             .map_err(get_error)?
             .and_then(|d| d.spec.map(|s| s.selector.match_labels))
@@ -448,10 +463,7 @@ async fn describe(client: &kube::Client, target: &Target) -> String {
     let name = &target.name;
     let missing = || "it does not exist".to_string();
     match target.kind {
-        Workload::Deployment => match Api::<Deployment>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-        {
+        Workload::Deployment => match get::<Deployment>(client, ns, name).await {
             Ok(Some(d)) => {
                 let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
                 let status = d.status.unwrap_or_default();
@@ -463,10 +475,7 @@ async fn describe(client: &kube::Client, target: &Target) -> String {
             }
             _ => missing(),
         },
-        Workload::StatefulSet => match Api::<StatefulSet>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-        {
+        Workload::StatefulSet => match get::<StatefulSet>(client, ns, name).await {
             Ok(Some(s)) => {
                 let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
                 format!(
@@ -476,10 +485,7 @@ async fn describe(client: &kube::Client, target: &Target) -> String {
             }
             _ => missing(),
         },
-        Workload::DaemonSet => match Api::<DaemonSet>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-        {
+        Workload::DaemonSet => match get::<DaemonSet>(client, ns, name).await {
             Ok(Some(d)) => {
                 let status = d.status.unwrap_or_default();
                 format!(
@@ -489,10 +495,7 @@ async fn describe(client: &kube::Client, target: &Target) -> String {
             }
             _ => missing(),
         },
-        Workload::Job => match Api::<Job>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-        {
+        Workload::Job => match get::<Job>(client, ns, name).await {
             Ok(Some(j)) => {
                 let status = j.status.unwrap_or_default();
                 format!(
@@ -504,10 +507,7 @@ async fn describe(client: &kube::Client, target: &Target) -> String {
             }
             _ => missing(),
         },
-        Workload::Pod => match Api::<Pod>::namespaced(client.clone(), ns)
-            .get_opt(name)
-            .await
-        {
+        Workload::Pod => match get::<Pod>(client, ns, name).await {
             Ok(Some(p)) => format!(
                 "phase {}",
                 p.status
