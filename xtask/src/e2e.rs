@@ -63,6 +63,10 @@ pub struct CompareArgs {
         default_value = "standard,hybrid,pipelined"
     )]
     patterns: Vec<Pattern>,
+    /// Remove the service's images before each run, so every run builds them
+    /// (host pre-builds stay incremental); otherwise builds are cache hits.
+    #[arg(long)]
+    cold: bool,
     #[arg(long, env = "E2E_REPO_ROOT")]
     repo_root: Option<PathBuf>,
     /// Print one JSON object on stdout.
@@ -334,6 +338,9 @@ pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
         for offset in 0..results.len() {
             let index = (round + offset) % results.len();
             let pattern = results[index].0;
+            if args.cold {
+                remove_service_images(&engine, service, &repo_root).await?;
+            }
             let options = RunOptions {
                 pattern,
                 provider,
@@ -434,6 +441,23 @@ pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the images a run of `service` would build from the files as they
+/// are, so the next run builds them.
+async fn remove_service_images(
+    engine: &Engine,
+    service: &'static dyn ServiceSetup,
+    repo_root: &Path,
+) -> Result<()> {
+    let mut setup = Setup::new();
+    let cluster_task = setup.cluster(service.cluster_spec(repo_root));
+    service.declare(&mut setup, cluster_task, repo_root)?;
+    for config in setup.image_configs() {
+        let reference = infra_core::image::planned_reference(&config)?;
+        engine.remove_image(&reference).await?;
+    }
+    Ok(())
 }
 
 pub async fn plan(args: PlanArgs) -> Result<()> {
