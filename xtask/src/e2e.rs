@@ -579,3 +579,107 @@ pub async fn down(args: DownArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print one JSON array on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Each migrated service: its cluster (and whether a sim cluster's API still
+/// answers) and its last run.
+pub async fn status(args: StatusArgs) -> Result<()> {
+    let engine = Engine::connect().await?;
+    let options = crate::cluster_options()?;
+    let clusters = cluster::list(&engine).await?;
+    let mut rows = Vec::new();
+    for service in services::all() {
+        let name = service.cluster_spec(&crate::workspace_root()).name;
+        let found = clusters.iter().find(|c| c.name == name);
+        let api = found.map(|c| match c.provider {
+            Provider::Sim => {
+                if options.kubeconfig_path(&name).exists()
+                    && infra_core::cluster::sim::api_url(&options.state_dir, &name).is_some()
+                {
+                    "answering"
+                } else {
+                    "not running: delete and recreate"
+                }
+            }
+            Provider::Kind => "kind",
+        });
+        let last = last_report(service.name());
+        rows.push(serde_json::json!({
+            "service": service.name(),
+            "default_pattern": service.default_pattern(),
+            "cluster": name,
+            "exists": found.is_some(),
+            "provider": found.map(|c| c.provider),
+            "nodes": found.map(|c| c.nodes.clone()).unwrap_or_default(),
+            "api": api,
+            "last_run": last.as_ref().map(|(id, report)| serde_json::json!({
+                "run_id": id,
+                "pattern": report["pattern"],
+                "ok": report["ok"],
+                "wall_seconds": report["wall_seconds"],
+            })),
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    for row in rows {
+        let cluster = if row["exists"] == true {
+            format!(
+                "{} ({}, {} nodes, {})",
+                row["cluster"].as_str().unwrap_or_default(),
+                row["provider"].as_str().unwrap_or_default(),
+                row["nodes"].as_array().map_or(0, Vec::len),
+                row["api"].as_str().unwrap_or_default()
+            )
+        } else {
+            format!("{}: none", row["cluster"].as_str().unwrap_or_default())
+        };
+        let last = match row["last_run"].as_object() {
+            Some(run) => format!(
+                "last run {} ({}): {} in {:.1}s",
+                run["run_id"].as_str().unwrap_or_default(),
+                run["pattern"].as_str().unwrap_or_default(),
+                if run["ok"] == true { "ok" } else { "FAILED" },
+                run["wall_seconds"].as_f64().unwrap_or_default()
+            ),
+            None => "no run yet".to_string(),
+        };
+        println!(
+            "{:<14} default {:<9}  cluster {cluster}; {last}",
+            row["service"].as_str().unwrap_or_default(),
+            row["default_pattern"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The newest `report.json` of `service`'s runs, with its run id.
+fn last_report(service: &str) -> Option<(String, serde_json::Value)> {
+    let prefix = format!("{service}-");
+    std::fs::read_dir(crate::e2e_dir())
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| {
+            let report = e.path().join("report.json");
+            let modified = std::fs::metadata(&report).ok()?.modified().ok()?;
+            Some((
+                modified,
+                e.file_name().to_string_lossy().into_owned(),
+                report,
+            ))
+        })
+        .max_by_key(|(modified, _, _)| *modified)
+        .and_then(|(_, id, path)| {
+            let value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+            Some((id, value))
+        })
+}

@@ -4,6 +4,7 @@
 //! - `compare <service>`: the same run under several patterns, medians side by side.
 //! - `plan <service>`: the task graph and what would be cached.
 //! - `down <service>`: remove a service's cluster and run leftovers.
+//! - `status`: each service's cluster and last run.
 //! - `cluster create|delete|list`: clusters by hand (kind or sim).
 //! - `image build|load`: the split image API, one step at a time.
 //! - `bench image`: medians of builds and loads on this machine.
@@ -43,6 +44,8 @@ enum Command {
     Plan(e2e::PlanArgs),
     /// Remove a service's cluster and what its runs left behind.
     Down(e2e::DownArgs),
+    /// Each service's cluster and last run.
+    Status(e2e::StatusArgs),
     /// Create, delete and list clusters.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             Command::Compare(args) => e2e::compare(args).await,
             Command::Plan(args) => e2e::plan(args).await.map(|()| ExitCode::SUCCESS),
             Command::Down(args) => e2e::down(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Status(args) => e2e::status(args).await.map(|()| ExitCode::SUCCESS),
             Command::Cluster(command) => cluster::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Image(command) => image::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(BenchCommand::Image(args)) => {

@@ -289,7 +289,7 @@ async fn reuse(
             write_private(&kubeconfig, &text)?;
         }
         Provider::Sim => {
-            if sim::running_server(&options.state_dir, name).is_none() || !kubeconfig.exists() {
+            if sim::api_url(&options.state_dir, name).is_none() || !kubeconfig.exists() {
                 return Err(ClusterError::Sim {
                     cluster: name.to_string(),
                     problem: "its node containers exist but its API server is not running (a sim \

@@ -359,8 +359,8 @@ fn live_server(dir: &Path) -> Option<ServerInfo> {
     (cmdline.contains(&dir.display().to_string()) && !is_zombie(info.pid as i32)).then_some(info)
 }
 
-/// Whether a detached server for `cluster` is running, and its URL.
-pub(crate) fn running_server(state_dir: &Path, cluster: &str) -> Option<String> {
+/// The URL of `cluster`'s detached API server, if it is running.
+pub fn api_url(state_dir: &Path, cluster: &str) -> Option<String> {
     live_server(&cluster_dir(state_dir, cluster)).map(|info| info.url)
 }
 
