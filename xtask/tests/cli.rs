@@ -349,6 +349,11 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
         "--json",
     ]);
     assert!(first.status.success());
+    let status = cli.ok(&["status"]);
+    assert!(
+        status.contains("datastorage-e2e (sim, 2 nodes, answering)") && status.contains("ok in"),
+        "{status}"
+    );
     // A run that may not use it fails, and leaves the kept cluster alone.
     let refused = cli.run(&["e2e", "datastorage", "--cluster", "sim"]);
     assert!(!refused.status.success());
