@@ -68,6 +68,9 @@ pub enum EngineError {
         output: String,
     },
 
+    #[error("Podman API request `{request}` failed: {message}")]
+    Libpod { request: String, message: String },
+
     #[error("writing to stdin of `{command}` in container {container} failed")]
     Stdin {
         container: String,
@@ -202,6 +205,46 @@ impl Engine {
     /// The endpoint this connection uses (`unix:///var/run/docker.sock`, ...).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// A request to Podman's own (libpod) API, for what its Docker-compatible
+    /// API cannot do; returns the status code and the JSON body (`null` when
+    /// empty). `path` starts with `/v4.0.0/libpod/`.
+    pub async fn libpod(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Result<(u16, serde_json::Value), EngineError> {
+        let failed = |message: String| EngineError::Libpod {
+            request: format!("{method} {path}"),
+            message,
+        };
+        let response = match unix_path(&self.endpoint) {
+            Some(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                send_raw(stream, method, path).await
+            }
+            None => {
+                let address = self
+                    .endpoint
+                    .trim_start_matches("tcp://")
+                    .trim_start_matches("http://");
+                let stream = tokio::net::TcpStream::connect(address)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                send_raw(stream, method, path).await
+            }
+        }
+        .map_err(failed)?;
+        let (status, body) = response;
+        let json = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?
+        };
+        Ok((status, json))
     }
 
     /// Every container (running or not) carrying `label`, given as `key` or
@@ -455,6 +498,39 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+async fn send_raw<S>(stream: S, method: &str, path: &str) -> Result<(u16, Vec<u8>), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+        .await
+        .map_err(|_| "no answer within 30s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
+    driver.abort();
+    Ok((status, body))
 }
 
 fn unix_path(endpoint: &str) -> Option<&str> {

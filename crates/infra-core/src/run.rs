@@ -231,6 +231,8 @@ pub async fn run(
             teardown_error = Some(crate::error_chain(&e));
         }
     }
+    // A cancelled build on Podman leaves working containers; wait for their removal.
+    crate::image::finish_cancelled_builds().await;
     let _ = report.write(&run_dir);
     Ok(RunOutcome {
         report,

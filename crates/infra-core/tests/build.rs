@@ -7,6 +7,11 @@ use std::time::Duration;
 use infra_core::testing::{self, unique_name};
 use infra_core::{E2eImageConfig, Engine, ImageError, build_image_for_kind};
 
+/// Podman tests in this file take turns: the cancelled-build test removes the
+/// working containers created while it ran, which would include a concurrent
+/// build's.
+static PODMAN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A FROM-scratch context with a static busybox, so no registry is needed.
 fn busybox_context(test: &str) -> Option<tempfile::TempDir> {
     let busybox = Path::new("/bin/busybox");
@@ -120,6 +125,7 @@ async fn podman_builds_the_same_way_through_its_compatible_socket() {
     let Some(engine) = testing::podman(test).await else {
         return;
     };
+    let _turn = PODMAN.lock().await;
     assert_eq!(engine.kind(), infra_core::EngineKind::Podman);
     cold_build_cache_hit_and_rebuild(engine, test).await;
 }
@@ -168,6 +174,7 @@ async fn a_failing_podman_build_is_reported_the_same_way() {
     let Some(engine) = testing::podman(test).await else {
         return;
     };
+    let _turn = PODMAN.lock().await;
     failing_build_names_service_dockerfile_step_and_output(engine, test).await;
 }
 
@@ -248,4 +255,57 @@ async fn a_dead_docker_host_is_reported_in_seconds_naming_it() {
     assert!(err.to_string().contains("no answer within"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(listener);
+}
+
+/// Buildah working containers on the Podman service (its "external" ones).
+async fn working_containers(engine: &Engine) -> Vec<String> {
+    let (_, listed) = engine
+        .libpod(
+            "GET",
+            "/v4.0.0/libpod/containers/json?all=true&external=true",
+        )
+        .await
+        .unwrap();
+    listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["Command"] == serde_json::json!(["buildah"]))
+        .filter_map(|c| c["Id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_build_cancelled_on_podman_leaves_no_working_container() {
+    let test = "a_build_cancelled_on_podman_leaves_no_working_container";
+    let Some(engine) = testing::podman(test).await else {
+        return;
+    };
+    let _turn = PODMAN.lock().await;
+    let Some(dir) = busybox_context(test) else {
+        return;
+    };
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"30\"]\n",
+    )
+    .unwrap();
+    let before = working_containers(&engine).await;
+    let config = config(&unique_name("cancelled"), dir.path());
+    let building = {
+        let engine = engine.clone();
+        tokio::spawn(async move { build_image_for_kind(&engine, &config).await })
+    };
+    // Until the RUN step is under way.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        working_containers(&engine).await.len() > before.len(),
+        "the build has not started: the test proves nothing"
+    );
+    building.abort();
+    let _ = building.await;
+    infra_core::image::finish_cancelled_builds().await;
+    let after = working_containers(&engine).await;
+    let left: Vec<&String> = after.iter().filter(|c| !before.contains(c)).collect();
+    assert!(left.is_empty(), "working containers left behind: {left:?}");
 }

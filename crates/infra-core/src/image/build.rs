@@ -107,6 +107,7 @@ pub async fn build_image_for_kind(
     }
 
     let (body, producer) = stream_context(context);
+    let mut guard = CancelledBuildGuard::new(engine);
     let mut output =
         engine
             .docker()
@@ -152,6 +153,7 @@ pub async fn build_image_for_kind(
         }
     }
     drop(output);
+    guard.finished = true;
     log.flush().await?;
     if let Some(message) = failure {
         return Err(ImageError::BuildFailed {
@@ -233,6 +235,101 @@ async fn existing_image(
             source,
         }),
     }
+}
+
+/// Podman keeps a build's working containers when the client goes away in the
+/// middle of it (Docker removes them). Dropped before the build stream ended
+/// (the build was cancelled), this guard removes the buildah working
+/// containers Podman created while the build ran. The removal runs on the
+/// runtime; [`finish_cancelled_builds`] waits for it.
+struct CancelledBuildGuard {
+    engine: Engine,
+    started: std::time::SystemTime,
+    finished: bool,
+}
+
+impl CancelledBuildGuard {
+    fn new(engine: &Engine) -> CancelledBuildGuard {
+        CancelledBuildGuard {
+            engine: engine.clone(),
+            // A second of slack: the engine's clock stamps the containers.
+            started: std::time::SystemTime::now() - std::time::Duration::from_secs(1),
+            finished: false,
+        }
+    }
+}
+
+type Cleanups = std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>;
+static PENDING_CLEANUPS: Cleanups = std::sync::Mutex::new(Vec::new());
+
+impl Drop for CancelledBuildGuard {
+    fn drop(&mut self) {
+        if self.finished || self.engine.kind() != crate::engine::EngineKind::Podman {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = self.engine.clone();
+        let started = self.started;
+        let cleanup = runtime.spawn(async move {
+            // Let Podman notice the client went away and stop the build.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if let Err(e) = remove_working_containers(&engine, started).await {
+                tracing::warn!("removing a cancelled build's working containers: {e}");
+            }
+        });
+        PENDING_CLEANUPS.lock().expect("not poisoned").push(cleanup);
+    }
+}
+
+/// Waits (at most 15 s) for the removal of cancelled builds' leftovers.
+pub async fn finish_cancelled_builds() {
+    let pending: Vec<_> = std::mem::take(&mut *PENDING_CLEANUPS.lock().expect("not poisoned"));
+    for cleanup in pending {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(15), cleanup).await;
+    }
+}
+
+/// Removes buildah working containers (Podman's "external" containers)
+/// created since `since`.
+async fn remove_working_containers(
+    engine: &Engine,
+    since: std::time::SystemTime,
+) -> Result<usize, crate::EngineError> {
+    let (_, listed) = engine
+        .libpod(
+            "GET",
+            "/v4.0.0/libpod/containers/json?all=true&external=true",
+        )
+        .await?;
+    let since = jiff::Timestamp::try_from(since).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let mut removed = 0;
+    for container in listed.as_array().into_iter().flatten() {
+        let is_build = container["Command"] == serde_json::json!(["buildah"])
+            && container["Names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n.as_str().is_some_and(|n| n.ends_with("working-container")));
+        let created = container["Created"]
+            .as_str()
+            .and_then(|c| c.parse::<jiff::Timestamp>().ok());
+        let (Some(id), true, Some(created)) = (container["Id"].as_str(), is_build, created) else {
+            continue;
+        };
+        if created < since {
+            continue;
+        }
+        engine
+            .libpod(
+                "DELETE",
+                &format!("/v4.0.0/libpod/containers/{id}?force=true"),
+            )
+            .await?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// `Step 3/5 : RUN ...` (Docker's classic builder) or `STEP 3/5: RUN ...`

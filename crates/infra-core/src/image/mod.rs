@@ -15,7 +15,7 @@ pub mod dockerignore;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use build::build_image_for_kind;
+pub use build::{build_image_for_kind, finish_cancelled_builds};
 
 use crate::engine::{Engine, EngineError};
 use crate::load::{LoadError, LoadReport};
