@@ -69,6 +69,40 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// Builds a small unique image for `test`: a static busybox plus a marker
+/// file (so its image id is its own), `FROM scratch`, named
+/// `localhost/e2e-test/<image>:<service>-<digest12>`. Skips (or fails under
+/// `CI=true`) without `/bin/busybox`.
+pub async fn busybox_image(
+    engine: &Engine,
+    test: &str,
+    service: &str,
+    image: &str,
+) -> Option<crate::BuiltImage> {
+    let busybox = std::path::Path::new("/bin/busybox");
+    if !busybox.exists() {
+        skip_or_fail(test, "needs /bin/busybox (apt-get install busybox-static)");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::copy(busybox, dir.path().join("busybox")).expect("copying busybox");
+    std::fs::write(dir.path().join("marker"), unique_name(test)).expect("writing the marker");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\n",
+    )
+    .expect("writing the Dockerfile");
+    let config = crate::E2eImageConfig::new(service, "Dockerfile")
+        .image(format!("e2e-test/{image}"))
+        .context(dir.path())
+        .log_dir(log_dir());
+    Some(
+        crate::build_image_for_kind(engine, &config)
+            .await
+            .unwrap_or_else(|e| panic!("building {image} for {test}: {}", crate::error_chain(&e))),
+    )
+}
+
 /// Where tests write build logs.
 pub fn log_dir() -> PathBuf {
     std::env::temp_dir().join("kind-e2e-test-logs")

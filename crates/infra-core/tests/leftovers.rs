@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
+use infra_core::Engine;
 use infra_core::plan::setup::{LABEL_RUN_ID, LABEL_SERVICE};
 use infra_core::testing::{self, unique_name};
-use infra_core::{E2eImageConfig, Engine, build_image_for_kind};
 
 async fn create(engine: &Engine, name: &str, image: &str, labels: HashMap<String, String>) {
     engine
@@ -43,27 +43,10 @@ async fn down_removes_run_leftovers_of_its_service_only() {
     let Some(engine) = testing::engine(test).await else {
         return;
     };
-    if !std::path::Path::new("/bin/busybox").exists() {
-        testing::skip_or_fail(test, "needs /bin/busybox (apt-get install busybox-static)");
-        return;
-    }
     let service = unique_name("leftover");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\n",
-    )
-    .unwrap();
-    let image = build_image_for_kind(
-        &engine,
-        &E2eImageConfig::new(&service, "Dockerfile")
-            .image("e2e-test/leftover")
-            .context(dir.path())
-            .log_dir(testing::log_dir()),
-    )
-    .await
-    .unwrap();
+    let Some(image) = testing::busybox_image(&engine, test, &service, "leftover").await else {
+        return;
+    };
 
     let leftover = unique_name("leftover-run");
     let users = unique_name("leftover-user");

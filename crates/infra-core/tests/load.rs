@@ -1,36 +1,12 @@
 //! `load_image_to_kind` into real containerd node containers labelled like a
 //! Kind cluster's, on the engines `.ci/run` starts.
 
-use std::path::Path;
-
 use infra_core::load::nodes::image_ids_on_node;
-use infra_core::testing::{self, TestCluster, unique_name};
-use infra_core::{
-    E2eImageConfig, Engine, LoadError, LoadMethod, build_image_for_kind, load_image_to_kind,
-    load_image_to_kind_with,
-};
+use infra_core::testing::{self, TestCluster};
+use infra_core::{Engine, LoadError, LoadMethod, load_image_to_kind, load_image_to_kind_with};
 
 async fn busybox_image(engine: &Engine, test: &str) -> Option<infra_core::BuiltImage> {
-    let busybox = Path::new("/bin/busybox");
-    if !busybox.exists() {
-        testing::skip_or_fail(test, "needs /bin/busybox (apt-get install busybox-static)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(busybox, dir.path().join("busybox")).unwrap();
-    // A unique file makes a unique image id, so no other test's load can be
-    // mistaken for this one's.
-    std::fs::write(dir.path().join("marker"), unique_name(test)).unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\n",
-    )
-    .unwrap();
-    let config = E2eImageConfig::new("loadtest", "Dockerfile")
-        .image("e2e-test/load")
-        .context(dir.path())
-        .log_dir(testing::log_dir());
-    Some(build_image_for_kind(engine, &config).await.unwrap())
+    testing::busybox_image(engine, test, "loadtest", "load").await
 }
 
 async fn assert_on_every_node(engine: &Engine, cluster: &TestCluster, reference: &str, id: &str) {

@@ -2,7 +2,6 @@
 //! loader, kube-rs over HTTP to the in-memory API. Checks ordering, readiness
 //! and the fail-fast path.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use infra_core::cluster::spec::ClusterSpec;
@@ -15,7 +14,7 @@ use infra_core::stack::namespace;
 use infra_core::stack::postgres::PostgresConfig;
 use infra_core::stack::redis::RedisConfig;
 use infra_core::testing::{self, unique_name};
-use infra_core::{DeployError, E2eImageConfig, Engine, build_image_for_kind, load_image_to_kind};
+use infra_core::{DeployError, Engine, load_image_to_kind};
 
 struct SimCluster {
     engine: Engine,
@@ -92,22 +91,7 @@ impl Drop for SimCluster {
 
 /// A small image standing in for DataStorage: the sim only checks it is on the nodes.
 async fn stand_in_image(engine: &Engine, test: &str) -> Option<infra_core::BuiltImage> {
-    if !Path::new("/bin/busybox").exists() {
-        testing::skip_or_fail(test, "needs /bin/busybox (apt-get install busybox-static)");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\n",
-    )
-    .unwrap();
-    let config = E2eImageConfig::new("stack", "Dockerfile")
-        .image("e2e-test/datastorage")
-        .context(dir.path())
-        .log_dir(testing::log_dir());
-    Some(build_image_for_kind(engine, &config).await.unwrap())
+    testing::busybox_image(engine, test, "stack", "datastorage").await
 }
 
 fn migrations_dir() -> tempfile::TempDir {
