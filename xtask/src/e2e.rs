@@ -38,6 +38,9 @@ pub struct E2eArgs {
     /// Use the service's existing cluster if there is one (and keep it).
     #[arg(long)]
     reuse_cluster: bool,
+    /// Build every image from scratch (no cache).
+    #[arg(long)]
+    rebuild: bool,
     /// The repository the service crates read (Dockerfiles, migrations);
     /// defaults to the bundled example.
     #[arg(long, env = "E2E_REPO_ROOT")]
@@ -63,8 +66,9 @@ pub struct CompareArgs {
         default_value = "standard,hybrid,pipelined"
     )]
     patterns: Vec<Pattern>,
-    /// Remove the service's images before each run, so every run builds them
-    /// (host pre-builds stay incremental); otherwise builds are cache hits.
+    /// Build the service's images from scratch in every run (no cache; the
+    /// previous run's images are removed first); otherwise builds are cache
+    /// hits. Host pre-builds stay incremental.
     #[arg(long)]
     cold: bool,
     #[arg(long, env = "E2E_REPO_ROOT")]
@@ -138,6 +142,7 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
         reuse_cluster: args.reuse_cluster,
         repo_root: repo_root(args.repo_root)?,
         runs_dir: crate::e2e_dir(),
+        rebuild: args.rebuild,
         cluster_options: crate::cluster_options()?,
     };
     eprintln!(
@@ -348,6 +353,7 @@ pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
                 reuse_cluster: false,
                 repo_root: repo_root.clone(),
                 runs_dir: crate::e2e_dir(),
+                rebuild: args.cold,
                 cluster_options: crate::cluster_options()?,
             };
             let outcome = run_once(
@@ -597,18 +603,25 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     for service in services::all() {
         let name = service.cluster_spec(&crate::workspace_root()).name;
         let found = clusters.iter().find(|c| c.name == name);
-        let api = found.map(|c| match c.provider {
-            Provider::Sim => {
-                if options.kubeconfig_path(&name).exists()
-                    && infra_core::cluster::sim::api_url(&options.state_dir, &name).is_some()
-                {
+        let api = match found.map(|c| c.provider) {
+            Some(Provider::Sim) => {
+                let url = infra_core::cluster::sim::api_url(&options.state_dir, &name);
+                let answers = match url {
+                    Some(url) => matches!(
+                        infra_core::deploy::health::get(&format!("{url}/version")).await,
+                        infra_core::deploy::health::Probe::Status(200)
+                    ),
+                    None => false,
+                };
+                Some(if answers && options.kubeconfig_path(&name).exists() {
                     "answering"
                 } else {
-                    "not running: delete and recreate"
-                }
+                    "not answering: delete and recreate"
+                })
             }
-            Provider::Kind => "kind",
-        });
+            Some(Provider::Kind) => Some("kind"),
+            None => None,
+        };
         let last = last_report(service.name());
         rows.push(serde_json::json!({
             "service": service.name(),

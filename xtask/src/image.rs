@@ -46,6 +46,9 @@ pub struct BuildArgs {
     /// Shell command run in the context before building.
     #[arg(long)]
     pre_build: Option<String>,
+    /// Build every step again (no cache check, no layer cache).
+    #[arg(long)]
+    no_cache: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -78,6 +81,7 @@ async fn build(args: BuildArgs) -> Result<()> {
     let mut config = E2eImageConfig::new(&args.service, &args.dockerfile)
         .context(&args.context)
         .coverage(args.coverage)
+        .no_cache(args.no_cache)
         .log_dir(crate::e2e_dir().join("logs"));
     if let Some(image) = &args.image {
         config = config.image(image);

@@ -209,7 +209,8 @@ impl Engine {
 
     /// A request to Podman's own (libpod) API, for what its Docker-compatible
     /// API cannot do; returns the status code and the JSON body (`null` when
-    /// empty). `path` starts with `/v4.0.0/libpod/`.
+    /// empty). `path` starts with `/v4.0.0/libpod/`. An answer outside 2xx is
+    /// an error carrying Podman's message.
     pub async fn libpod(
         &self,
         method: &str,
@@ -239,6 +240,12 @@ impl Engine {
         }
         .map_err(failed)?;
         let (status, body) = response;
+        if !(200..300).contains(&status) {
+            return Err(failed(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )));
+        }
         let json = if body.is_empty() {
             serde_json::Value::Null
         } else {

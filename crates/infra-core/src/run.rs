@@ -97,6 +97,8 @@ pub struct RunOptions {
     pub repo_root: PathBuf,
     /// Runs go to `<runs_dir>/<run-id>/`.
     pub runs_dir: PathBuf,
+    /// Build every image from scratch (no cache).
+    pub rebuild: bool,
     pub cluster_options: ClusterOptions,
 }
 
@@ -173,14 +175,16 @@ pub async fn run(
         .map(|t| t.deps)
         .collect();
 
-    let shared = Arc::new(SetupContext::new(
+    let mut context = SetupContext::new(
         engine.clone(),
         service.name(),
         &run_id,
         run_dir.clone(),
         options.provider,
         cluster_options.clone(),
-    ));
+    );
+    context.rebuild = options.rebuild;
+    let shared = Arc::new(context);
     let execution = execute(plan, options.pattern, shared.clone(), observer, cancel).await;
     let mut context = Arc::try_unwrap(shared)
         .unwrap_or_else(|_| panic!("every task has finished, so nothing else holds the context"));
@@ -319,10 +323,13 @@ pub async fn collect_diagnostics(
 /// exists. Returns how many were removed; a removal that fails is an error.
 pub async fn remove_leftovers(engine: &Engine, service: &str) -> Result<usize, crate::EngineError> {
     use crate::plan::setup::{LABEL_RUN_ID, LABEL_SERVICE};
+    // A cluster whose nodes are listed is live; if listing fails, nothing is
+    // removed.
     let live: Vec<String> = cluster::list(engine)
-        .await
-        .map(|clusters| clusters.into_iter().map(|c| c.name).collect())
-        .unwrap_or_default();
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
     let containers = engine
         .containers_labelled(&format!("{LABEL_SERVICE}={service}"))
         .await?;

@@ -68,6 +68,11 @@ async fn down_removes_run_leftovers_of_its_service_only() {
         run_labels("another-service"),
     )
     .await;
+    // A node of a cluster that still exists is the cluster's, not a leftover.
+    let node = unique_name("leftover-node");
+    let mut node_labels = run_labels(&service);
+    node_labels.insert("io.x-k8s.kind.cluster".into(), unique_name("live"));
+    create(&engine, &node, &image.reference, node_labels).await;
 
     let removed = infra_core::run::remove_leftovers(&engine, &service)
         .await
@@ -82,8 +87,9 @@ async fn down_removes_run_leftovers_of_its_service_only() {
         exists(&engine, &other).await,
         "another service's leftovers stay"
     );
+    assert!(exists(&engine, &node).await, "a live cluster's node stays");
 
-    for name in [&users, &other] {
+    for name in [&users, &other, &node] {
         let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
             .force(true)
             .build();

@@ -162,6 +162,15 @@ async fn a_failing_import_reports_the_node_and_ctrs_error() {
         .unwrap_err();
     let message = infra_core::error_chain(&err);
     assert!(matches!(err, LoadError::Import { .. }), "{message}");
+    // Commands the loader needs to succeed say which failed, and how.
+    let failed = engine
+        .exec_ok(&cluster.nodes[0].name, &["ctr", "no-such-command"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&failed, infra_core::EngineError::Command { command, .. } if command == "ctr no-such-command"),
+        "{failed:?}"
+    );
     assert!(
         message.contains(&cluster.nodes[0].name),
         "names the node: {message}"

@@ -363,13 +363,13 @@ async fn create_kind(
 }
 
 /// The cluster called `name`, if its node containers exist.
-pub async fn find(engine: &Engine, name: &str) -> Result<Option<ClusterSummary>, ClusterError> {
+pub async fn find(engine: &Engine, name: &str) -> Result<Option<ClusterSummary>, EngineError> {
     Ok(list(engine).await?.into_iter().find(|c| c.name == name))
 }
 
 /// Every cluster on this engine, kind's and simulated, found by kind's node
 /// labels (sim nodes also carry [`sim::PROVIDER_LABEL`]).
-pub async fn list(engine: &Engine) -> Result<Vec<ClusterSummary>, ClusterError> {
+pub async fn list(engine: &Engine) -> Result<Vec<ClusterSummary>, EngineError> {
     let containers = engine
         .containers_labelled(crate::load::nodes::CLUSTER_LABEL)
         .await?;

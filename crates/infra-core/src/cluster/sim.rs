@@ -355,8 +355,14 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
 fn live_server(dir: &Path) -> Option<ServerInfo> {
     let info = read_server_info(dir).ok()?;
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", info.pid)).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    (cmdline.contains(&dir.display().to_string()) && !is_zombie(info.pid as i32)).then_some(info)
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let serves_this = args
+        .windows(2)
+        .any(|pair| pair[0] == "--state" && Path::new(&pair[1]) == dir);
+    (serves_this && !is_zombie(info.pid as i32)).then_some(info)
 }
 
 /// The URL of `cluster`'s detached API server, if it is running.
@@ -425,5 +431,45 @@ fn absolute(path: &Path) -> PathBuf {
         std::env::current_dir()
             .map(|d| d.join(path))
             .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_pid_that_is_not_this_clusters_server_is_not_taken_for_it() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = cluster_dir(state.path(), "c");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A live process that is not the server (as after a reboot, when the
+        // recorded pid belongs to someone else now).
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let info = ServerInfo {
+            url: "http://127.0.0.1:1".into(),
+            pid: other.id(),
+        };
+        std::fs::write(dir.join("server.json"), serde_json::to_vec(&info).unwrap()).unwrap();
+        assert_eq!(api_url(state.path(), "c"), None);
+        // Nor one serving a cluster whose name starts the same.
+        let mut lookalike = std::process::Command::new("sh")
+            .args(["-c", "sleep 30", "sim-serve", "--state"])
+            .arg(cluster_dir(state.path(), "c-bar"))
+            .spawn()
+            .unwrap();
+        let info = ServerInfo {
+            url: "http://127.0.0.1:1".into(),
+            pid: lookalike.id(),
+        };
+        std::fs::write(dir.join("server.json"), serde_json::to_vec(&info).unwrap()).unwrap();
+        assert_eq!(api_url(state.path(), "c"), None);
+        let _ = other.kill();
+        let _ = lookalike.kill();
+        let _ = other.wait();
+        let _ = lookalike.wait();
     }
 }

@@ -198,20 +198,7 @@ impl Applier {
                 problem: "metadata.name is required".into(),
             })?;
         let (resource, capabilities) = self.resolve(&gvk).await?;
-        for path in ["/spec/template", "/spec/jobTemplate/spec/template"] {
-            if self.template_labels.is_empty() {
-                break;
-            }
-            if let Some(template) = object.data.pointer_mut(path) {
-                // Indexing creates `metadata` and `labels` when they are absent.
-                let labels = &mut template["metadata"]["labels"];
-                for (key, value) in &self.template_labels {
-                    if labels.get(key).is_none() {
-                        labels[key] = serde_json::Value::String(value.clone());
-                    }
-                }
-            }
-        }
+        add_pod_template_labels(&gvk, &mut object.data, &self.template_labels);
         if !self.labels.is_empty() {
             let labels = object.metadata.labels.get_or_insert_with(BTreeMap::new);
             for (key, value) in &self.labels {
@@ -309,6 +296,43 @@ impl Applier {
             }
             .into()),
         }
+    }
+}
+
+/// Adds `labels` (without overriding) to the pod template of the built-in
+/// kinds that have one; any other kind, custom resources included, is left
+/// alone, whatever its `spec.template` holds.
+fn add_pod_template_labels(
+    gvk: &GroupVersionKind,
+    data: &mut serde_json::Value,
+    labels: &BTreeMap<String, String>,
+) {
+    let path = match (gvk.group.as_str(), gvk.kind.as_str()) {
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("batch", "Job")
+        | ("", "ReplicationController") => "/spec/template",
+        ("batch", "CronJob") => "/spec/jobTemplate/spec/template",
+        _ => return,
+    };
+    let Some(template) = data.pointer_mut(path).and_then(|t| t.as_object_mut()) else {
+        return;
+    };
+    let metadata = template
+        .entry("metadata")
+        .or_insert_with(|| serde_json::json!({}));
+    let Some(metadata) = metadata.as_object_mut() else {
+        return;
+    };
+    let existing = metadata
+        .entry("labels")
+        .or_insert_with(|| serde_json::json!({}));
+    let Some(existing) = existing.as_object_mut() else {
+        return;
+    };
+    for (key, value) in labels {
+        existing
+            .entry(key.clone())
+            .or_insert_with(|| serde_json::Value::String(value.clone()));
     }
 }
 
@@ -441,6 +465,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("x.yaml document 1"), "{err}");
+    }
+
+    #[test]
+    fn template_labels_go_on_pod_templates_of_workloads_only() {
+        let labels = BTreeMap::from([("io.kind-e2e.service".to_string(), "gw".to_string())]);
+        let gvk = |group: &str, kind: &str| GroupVersionKind::gvk(group, "v1", kind);
+
+        let mut cron = json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {}}}}}});
+        add_pod_template_labels(&gvk("batch", "CronJob"), &mut cron, &labels);
+        assert_eq!(
+            cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]["io.kind-e2e.service"],
+            "gw"
+        );
+
+        let mut deployment = json!({"spec": {"template": {"metadata": {"labels": {"io.kind-e2e.service": "mine"}}}}});
+        add_pod_template_labels(&gvk("apps", "Deployment"), &mut deployment, &labels);
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["labels"]["io.kind-e2e.service"], "mine",
+            "an existing label is not overridden"
+        );
+
+        // A custom resource's `spec.template` is its own business, even a string.
+        let mut custom = json!({"spec": {"template": "node-pool-a"}});
+        add_pod_template_labels(&gvk("karpenter.sh", "NodePool"), &mut custom, &labels);
+        assert_eq!(custom, json!({"spec": {"template": "node-pool-a"}}));
+        // A malformed workload is left for the API server to reject, not a panic.
+        let mut odd = json!({"spec": {"template": "oops"}});
+        add_pod_template_labels(&gvk("apps", "Deployment"), &mut odd, &labels);
+        assert_eq!(odd, json!({"spec": {"template": "oops"}}));
+    }
+
+    #[tokio::test]
+    async fn a_discovery_failure_other_than_not_found_keeps_its_cause() {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let applier = Applier::new(client, "test");
+        let err = applier
+            .apply_yaml(
+                "x.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n",
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DeployError::Kube { .. }), "{err:?}");
     }
 
     #[test]

@@ -118,13 +118,29 @@ fn ns(namespace: &Option<String>) -> String {
 /// [`FATAL_REASONS`] reason (or its Job fails), and after `target.timeout`.
 pub async fn wait_ready(client: &kube::Client, target: &Target) -> Result<(), WaitError> {
     let selector = pod_selector(client, target).await?;
-    let ready = watch_ready(client, target);
+    // A broken watch is watched again (the timeout still bounds the wait); the
+    // last watch error is told if the wait times out.
+    let last_watch_error = std::sync::Mutex::new(None::<String>);
+    let ready = async {
+        loop {
+            match watch_ready(client, target).await {
+                Err(WaitError::Watch { message, .. }) => {
+                    *last_watch_error.lock().expect("not poisoned") = Some(message);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
+    };
     let failing = watch_for_failure(client, target, &selector);
     tokio::select! {
         result = ready => result,
         failure = failing => Err(failure),
         () = tokio::time::sleep(target.timeout) => {
-            let state = describe(client, target).await;
+            let mut state = describe(client, target).await;
+            if let Some(error) = last_watch_error.lock().expect("not poisoned").take() {
+                state.push_str(&format!("; last watch error: {error}"));
+            }
             let diagnostics = diagnostics_for_selector(client, &target.namespace, &selector).await;
             Err(WaitError::Timeout {
                 kind: target.kind.to_string(),

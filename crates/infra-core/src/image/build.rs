@@ -57,7 +57,12 @@ pub async fn build_image_for_kind(
     let lock = reference_lock(&format!("{} {reference}", engine.endpoint()));
     let _guard = lock.lock().await;
 
-    if let Some(image_id) = existing_image(engine, &service, &reference, &input_digest).await? {
+    let cached = if config.no_cache {
+        None
+    } else {
+        existing_image(engine, &service, &reference, &input_digest).await?
+    };
+    if let Some(image_id) = cached {
         log.line(&format!(
             "cache hit: {reference} ({image_id}) already built from these inputs"
         ))
@@ -95,6 +100,7 @@ pub async fn build_image_for_kind(
         .t(&reference)
         .rm(true)
         .forcerm(true)
+        .nocache(config.no_cache)
         .labels(&labels)
         .buildargs(
             &build_args
@@ -107,7 +113,7 @@ pub async fn build_image_for_kind(
     }
 
     let (body, producer) = stream_context(context);
-    let mut guard = CancelledBuildGuard::new(engine);
+    let mut guard = CancelledBuildGuard::new(engine).await;
     let mut output =
         engine
             .docker()
@@ -240,20 +246,32 @@ async fn existing_image(
 /// Podman keeps a build's working containers when the client goes away in the
 /// middle of it (Docker removes them). Dropped before the build stream ended
 /// (the build was cancelled), this guard removes the buildah working
-/// containers Podman created while the build ran. The removal runs on the
-/// runtime; [`finish_cancelled_builds`] waits for it.
+/// containers that appeared while the build ran: not there when it started,
+/// created between its start and a moment after its end. The removal runs on
+/// the runtime; [`finish_cancelled_builds`] waits for it.
 struct CancelledBuildGuard {
     engine: Engine,
     started: std::time::SystemTime,
+    /// Working containers that existed before the build (never removed).
+    before: Vec<String>,
     finished: bool,
 }
 
 impl CancelledBuildGuard {
-    fn new(engine: &Engine) -> CancelledBuildGuard {
+    async fn new(engine: &Engine) -> CancelledBuildGuard {
+        let before = if engine.kind() == crate::engine::EngineKind::Podman {
+            working_containers(engine)
+                .await
+                .map(|list| list.into_iter().map(|(id, _)| id).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         CancelledBuildGuard {
             engine: engine.clone(),
             // A second of slack: the engine's clock stamps the containers.
             started: std::time::SystemTime::now() - std::time::Duration::from_secs(1),
+            before,
             finished: false,
         }
     }
@@ -271,11 +289,16 @@ impl Drop for CancelledBuildGuard {
             return;
         };
         let engine = self.engine.clone();
-        let started = self.started;
+        let window = (
+            self.started,
+            // The build may start one more stage as the client goes away.
+            std::time::SystemTime::now() + std::time::Duration::from_secs(2),
+        );
+        let before = std::mem::take(&mut self.before);
         let cleanup = runtime.spawn(async move {
             // Let Podman notice the client went away and stop the build.
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            if let Err(e) = remove_working_containers(&engine, started).await {
+            if let Err(e) = remove_working_containers(&engine, window, &before).await {
                 tracing::warn!("removing a cancelled build's working containers: {e}");
             }
         });
@@ -291,34 +314,50 @@ pub async fn finish_cancelled_builds() {
     }
 }
 
-/// Removes buildah working containers (Podman's "external" containers)
-/// created since `since`.
-async fn remove_working_containers(
+/// Podman's buildah working containers (its "external" containers): id and
+/// creation time.
+async fn working_containers(
     engine: &Engine,
-    since: std::time::SystemTime,
-) -> Result<usize, crate::EngineError> {
+) -> Result<Vec<(String, Option<jiff::Timestamp>)>, crate::EngineError> {
     let (_, listed) = engine
         .libpod(
             "GET",
             "/v4.0.0/libpod/containers/json?all=true&external=true",
         )
         .await?;
-    let since = jiff::Timestamp::try_from(since).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    Ok(listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["Command"] == serde_json::json!(["buildah"])
+                && c["Names"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|n| n.as_str().is_some_and(|n| n.ends_with("working-container")))
+        })
+        .filter_map(|c| {
+            let id = c["Id"].as_str()?.to_string();
+            let created = c["Created"].as_str().and_then(|t| t.parse().ok());
+            Some((id, created))
+        })
+        .collect())
+}
+
+/// Removes the working containers created within `window` that were not in
+/// `before`.
+async fn remove_working_containers(
+    engine: &Engine,
+    window: (std::time::SystemTime, std::time::SystemTime),
+    before: &[String],
+) -> Result<usize, crate::EngineError> {
+    let start = jiff::Timestamp::try_from(window.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let end = jiff::Timestamp::try_from(window.1).unwrap_or(jiff::Timestamp::MAX);
     let mut removed = 0;
-    for container in listed.as_array().into_iter().flatten() {
-        let is_build = container["Command"] == serde_json::json!(["buildah"])
-            && container["Names"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|n| n.as_str().is_some_and(|n| n.ends_with("working-container")));
-        let created = container["Created"]
-            .as_str()
-            .and_then(|c| c.parse::<jiff::Timestamp>().ok());
-        let (Some(id), true, Some(created)) = (container["Id"].as_str(), is_build, created) else {
-            continue;
-        };
-        if created < since {
+    for (id, created) in working_containers(engine).await? {
+        let in_window = created.is_some_and(|t| start <= t && t <= end);
+        if !in_window || before.contains(&id) {
             continue;
         }
         engine

@@ -60,6 +60,8 @@ pub struct E2eImageConfig {
     /// Where the build log goes (`build-<service>-<image>.log`); defaults to
     /// `target/e2e/logs` under the current directory.
     pub log_dir: Option<PathBuf>,
+    /// Build every step again: no cache check by reference, no layer cache.
+    pub no_cache: bool,
 }
 
 impl E2eImageConfig {
@@ -77,6 +79,7 @@ impl E2eImageConfig {
             target: None,
             pre_build: None,
             log_dir: None,
+            no_cache: false,
         }
     }
 
@@ -113,6 +116,12 @@ impl E2eImageConfig {
     #[must_use]
     pub fn pre_build(mut self, command: impl Into<String>) -> Self {
         self.pre_build = Some(command.into());
+        self
+    }
+
+    #[must_use]
+    pub fn no_cache(mut self, on: bool) -> Self {
+        self.no_cache = on;
         self
     }
 

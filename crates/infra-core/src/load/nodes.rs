@@ -121,12 +121,21 @@ pub async fn image_ids_on_node(
         return Ok(Vec::new());
     };
     let mut ids = Vec::new();
-    let mut pending = vec![target];
-    // An index lists manifests; follow them (at most a handful) to their configs.
-    while let Some(digest) = pending.pop() {
-        let blob = engine
-            .exec_ok(node, &["ctr", &namespace, "content", "get", &digest])
-            .await?;
+    let mut pending = vec![(target, true)];
+    // An index lists manifests; follow them (at most a handful) to their
+    // configs. The image's own manifest must be readable; a platform's
+    // manifest that is not on the node (imported for one platform only) is
+    // simply not there.
+    while let Some((digest, top)) = pending.pop() {
+        let command = ["ctr", namespace.as_str(), "content", "get", digest.as_str()];
+        let blob = if top {
+            engine.exec_ok(node, &command).await?
+        } else {
+            match engine.exec(node, &command).await? {
+                output if output.success() => output,
+                _ => continue,
+            }
+        };
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&blob.stdout) else {
             continue;
         };
@@ -137,7 +146,7 @@ pub async fn image_ids_on_node(
             pending.extend(
                 manifests
                     .iter()
-                    .filter_map(|m| m["digest"].as_str().map(str::to_string))
+                    .filter_map(|m| m["digest"].as_str().map(|d| (d.to_string(), false)))
                     .take(16),
             );
         }

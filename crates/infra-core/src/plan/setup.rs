@@ -35,6 +35,8 @@ pub struct SetupContext {
     pub provider: Provider,
     pub cluster_options: ClusterOptions,
     pub load_method: LoadMethod,
+    /// Build every image from scratch (no cache), e.g. to measure builds.
+    pub rebuild: bool,
     cluster: OnceCell<Cluster>,
     /// Set the moment this run starts making its cluster (not when it found
     /// one): only then may teardown delete a cluster by that name.
@@ -67,6 +69,7 @@ impl SetupContext {
             provider,
             cluster_options,
             load_method: LoadMethod::Stream,
+            rebuild: false,
             cluster: OnceCell::new(),
             creating_cluster: Default::default(),
             applier: OnceCell::new(),
@@ -118,6 +121,17 @@ impl SetupContext {
             TaskError::msg("the cluster task has not run: declare it as a dependency")
         })
     }
+}
+
+/// Whether creating a cluster failed because one of that name appeared in the
+/// meantime: kind says its nodes "already exist"; the engine refuses a node
+/// container name "already in use".
+fn made_by_someone_else(error: &cluster::ClusterError) -> bool {
+    if matches!(error, cluster::ClusterError::Exists { .. }) {
+        return true;
+    }
+    let text = crate::error_chain(error);
+    text.contains("already exist") || text.contains("already in use")
 }
 
 /// An image declared in a setup: the key its build is stored under and the
@@ -174,7 +188,8 @@ impl Setup {
             TaskKind::Build,
             &[],
             move |ctx: Arc<SetupContext>| async move {
-                let config = config.log_dir(&ctx.run_dir);
+                let no_cache = config.no_cache || ctx.rebuild;
+                let config = config.log_dir(&ctx.run_dir).no_cache(no_cache);
                 let built = build_image_for_kind(&ctx.engine, &config)
                     .await
                     .map_err(|e| TaskError::new(&e))?;
@@ -205,9 +220,20 @@ impl Setup {
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 let cluster =
-                    cluster::create(&ctx.engine, ctx.provider, &spec, &ctx.cluster_options)
+                    match cluster::create(&ctx.engine, ctx.provider, &spec, &ctx.cluster_options)
                         .await
-                        .map_err(|e| TaskError::new(&e))?;
+                    {
+                        Ok(cluster) => cluster,
+                        Err(error) => {
+                            // Another run made the same cluster between our
+                            // look and our create: it is theirs, not ours.
+                            if made_by_someone_else(&error) {
+                                ctx.creating_cluster
+                                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            return Err(TaskError::new(&error));
+                        }
+                    };
                 let reused = cluster.reused;
                 let client = cluster.client().await.map_err(|e| TaskError::new(&e))?;
                 let applier = Applier::new(client, format!("kind-e2e-{}", ctx.service))
