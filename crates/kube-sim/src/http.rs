@@ -1072,20 +1072,25 @@ fn create(
     ))
 }
 
+/// Gives `to` the status of `from` (none when `from` has none).
+fn carry_status(from: &Value, to: &mut Value) {
+    match from.get("status") {
+        Some(status) => to["status"] = status.clone(),
+        None => {
+            if let Some(map) = to.as_object_mut() {
+                map.remove("status");
+            }
+        }
+    }
+}
+
 /// Applies the subresource rules to a new version of an object: the main
 /// resource keeps the stored status; `/status` changes only status.
 fn merge_for_subresource(t: &Target, old: &Value, mut new: Value) -> Value {
     match t.sub.as_deref() {
         Some("status") => {
             let mut out = old.clone();
-            match new.get("status") {
-                Some(s) => out["status"] = s.clone(),
-                None => {
-                    if let Some(m) = out.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            carry_status(&new, &mut out);
             out
         }
         Some("finalize") => {
@@ -1098,14 +1103,7 @@ fn merge_for_subresource(t: &Target, old: &Value, mut new: Value) -> Value {
         }
         _ => {
             if t.def.has_status() {
-                match old.get("status") {
-                    Some(s) => new["status"] = s.clone(),
-                    None => {
-                        if let Some(m) = new.as_object_mut() {
-                            m.remove("status");
-                        }
-                    }
-                }
+                carry_status(old, &mut new);
             }
             new
         }
