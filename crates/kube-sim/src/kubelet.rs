@@ -309,35 +309,22 @@ fn mount_blocker(txn: &Txn<'_>, pod: &Value) -> Option<Blocker> {
     for v in object::array_at(pod, "/spec/volumes") {
         let vol = object::str_at(v, "/name").to_string();
         let mut sources: Vec<(&str, String, bool)> = Vec::new();
-        if let Some(cm) = v.get("configMap") {
-            sources.push((
-                "configmap",
-                object::str_at(cm, "/name").to_string(),
-                cm.get("optional").and_then(Value::as_bool) == Some(true),
-            ));
-        }
-        if let Some(s) = v.get("secret") {
-            sources.push((
-                "secret",
-                object::str_at(s, "/secretName").to_string(),
-                s.get("optional").and_then(Value::as_bool) == Some(true),
-            ));
-        }
+        // (kind, name, optional) of a ConfigMap or Secret source; a volume's
+        // secret is named by `secretName`, a projected one by `name`.
+        let mut add = |kind: &'static str, source: Option<&Value>, name_field: &str| {
+            if let Some(source) = source {
+                sources.push((
+                    kind,
+                    object::str_at(source, name_field).to_string(),
+                    source.get("optional").and_then(Value::as_bool) == Some(true),
+                ));
+            }
+        };
+        add("configmap", v.get("configMap"), "/name");
+        add("secret", v.get("secret"), "/secretName");
         for src in object::array_at(v, "/projected/sources") {
-            if let Some(cm) = src.get("configMap") {
-                sources.push((
-                    "configmap",
-                    object::str_at(cm, "/name").to_string(),
-                    cm.get("optional").and_then(Value::as_bool) == Some(true),
-                ));
-            }
-            if let Some(s) = src.get("secret") {
-                sources.push((
-                    "secret",
-                    object::str_at(s, "/name").to_string(),
-                    s.get("optional").and_then(Value::as_bool) == Some(true),
-                ));
-            }
+            add("configmap", src.get("configMap"), "/name");
+            add("secret", src.get("secret"), "/name");
         }
         for (kind, name, optional) in sources {
             if optional {
