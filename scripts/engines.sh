@@ -8,7 +8,11 @@
 set -euo pipefail
 
 PODMAN_SOCKET=/run/podman/podman.sock
-PODMAN_CONF=/etc/containers/kind-e2e-containers.conf
+# Podman's default ulimits do not fit these machines ("error setting rlimit"):
+# the system-wide containers.conf sets ones that do, for the API service and
+# for the podman CLI that kind runs. An existing containers.conf is left
+# alone (add the same default_ulimits line to it if containers fail to start).
+PODMAN_CONF=/etc/containers/containers.conf
 
 log() { printf '[engines] %s\n' "$*" >&2; }
 
@@ -22,6 +26,8 @@ command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v containerd >/dev/null 2>&1 || missing+=(containerd)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Offline images (kind node image, PostgreSQL, Redis) start from debootstrap.
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 # The example DataStorage's own tests start a throwaway PostgreSQL server.
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
@@ -55,14 +61,21 @@ if ! answers /var/run/docker.sock; then
   fi
 fi
 
-if ! answers "$PODMAN_SOCKET"; then
-  log "starting podman's API service on $PODMAN_SOCKET"
-  # Podman's default ulimits do not fit these machines ("error setting rlimit").
-  as_root mkdir -p /etc/containers /run/podman
+if [ ! -e "$PODMAN_CONF" ]; then
+  as_root mkdir -p /etc/containers
   as_root tee "$PODMAN_CONF" >/dev/null <<'CONF'
+# Written by kind-e2e's scripts/engines.sh: default ulimits that fit this host.
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 CONF
+fi
+# kind's podman nodes bind-mount /lib/modules, and Podman refuses a missing
+# source; a host without kernel modules has none.
+[ -d /lib/modules ] || as_root mkdir -p /lib/modules
+
+if ! answers "$PODMAN_SOCKET"; then
+  log "starting podman's API service on $PODMAN_SOCKET"
+  as_root mkdir -p /run/podman
   as_root env CONTAINERS_CONF="$PODMAN_CONF" bash -c \
     "nohup podman system service --time=0 unix://$PODMAN_SOCKET >/var/log/podman-service.log 2>&1 &"
   wait_for "$PODMAN_SOCKET" podman || { tail -20 /var/log/podman-service.log >&2; exit 1; }

@@ -56,7 +56,7 @@ pub async fn image(args: BenchImageArgs) -> Result<()> {
             "the benchmark image needs a static busybox at /bin/busybox: apt-get install busybox-static"
         );
     }
-    let engine = Engine::connect().await?;
+    let engine = crate::toolchain::engine().await?;
     let cluster = format!("bench-{}", std::process::id());
     eprintln!(
         "bench: {} runs, {} MiB payload, {} node(s), on {engine}",

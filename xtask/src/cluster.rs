@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use infra_core::Engine;
 use infra_core::cluster::spec::ClusterSpec;
 use infra_core::cluster::{self, Provider};
 use serde_json::json;
@@ -55,13 +54,13 @@ pub struct SimServeArgs {
 }
 
 pub async fn run(command: ClusterCommand) -> Result<()> {
-    let engine = Engine::connect().await?;
-    let options = crate::cluster_options()?;
+    let engine = crate::toolchain::engine().await?;
+    let options = crate::cluster_options(&engine).await?;
     match command {
         ClusterCommand::Create(args) => {
             let provider = match args.provider {
                 Some(provider) => provider,
-                None => default_provider()?,
+                None => default_provider().await?,
             };
             eprintln!(
                 "creating {provider} cluster {} ({} worker(s)) on {engine} ...",
@@ -119,12 +118,13 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
 }
 
 /// kind when it is installed; otherwise an error pointing at `--provider sim`.
-fn default_provider() -> Result<Provider> {
-    if which::which("kind").is_ok() {
+async fn default_provider() -> Result<Provider> {
+    if crate::toolchain::kind_available().await {
         Ok(Provider::Kind)
     } else {
         bail!(
-            "kind was not found on PATH. Install kind, or use the simulated cluster: \
+            "kind was not found: build the pinned toolchain (`cargo xtask toolchain build` and \
+             `cargo xtask node-image build`) or install kind; or use the simulated cluster: \
              --provider sim (it runs no containers)"
         )
     }

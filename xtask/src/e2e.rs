@@ -100,13 +100,14 @@ fn repo_root(given: Option<PathBuf>) -> Result<PathBuf> {
 
 /// The provider asked for, else kind when it is installed, else an error
 /// that says so and suggests the simulated cluster.
-fn provider(given: Option<Provider>, service: &str) -> Result<Provider> {
+async fn provider(given: Option<Provider>, service: &str) -> Result<Provider> {
     match given {
         Some(provider) => Ok(provider),
-        None if which::which("kind").is_ok() => Ok(Provider::Kind),
+        None if crate::toolchain::kind_available().await => Ok(Provider::Kind),
         None => bail!(
-            "kind was not found on PATH. Install kind (https://kind.sigs.k8s.io), or rehearse \
-             on the simulated cluster: cargo xtask e2e {service} --cluster sim"
+            "kind was not found: build the pinned toolchain (`cargo xtask toolchain build` and \
+             `cargo xtask node-image build`) or install kind (https://kind.sigs.k8s.io); or \
+             rehearse on the simulated cluster: cargo xtask e2e {service} --cluster sim"
         ),
     }
 }
@@ -133,8 +134,8 @@ async fn run_once(
 
 pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
     let service = services::find(&args.service)?;
-    let provider = provider(args.cluster, &args.service)?;
-    let engine = Engine::connect().await?;
+    let provider = provider(args.cluster, &args.service).await?;
+    let engine = crate::toolchain::engine().await?;
     let options = RunOptions {
         pattern: args.pattern.unwrap_or(service.default_pattern()),
         provider,
@@ -143,7 +144,7 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
         repo_root: repo_root(args.repo_root)?,
         runs_dir: crate::e2e_dir(),
         rebuild: args.rebuild,
-        cluster_options: crate::cluster_options()?,
+        cluster_options: crate::cluster_options(&engine).await?,
     };
     eprintln!(
         "{} e2e: {} pattern on a {provider} cluster, {engine}, repository {}",
@@ -151,6 +152,12 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
         options.pattern,
         options.repo_root.display()
     );
+    if provider == Provider::Kind {
+        eprintln!(
+            "node image: {}",
+            crate::toolchain::describe_node_image(&options.cluster_options.node_image)
+        );
+    }
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
     let progress = Progress::new();
@@ -168,7 +175,8 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
         eprintln!(
             "cluster {} kept; kubeconfig {}",
             outcome.report.cluster.name,
-            crate::cluster_options()?
+            crate::cluster_options(&engine)
+                .await?
                 .kubeconfig_path(&outcome.report.cluster.name)
                 .display()
         );
@@ -332,8 +340,8 @@ pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
         bail!("give at least one run and one pattern");
     }
     let service = services::find(&args.service)?;
-    let provider = provider(args.cluster, &args.service)?;
-    let engine = Engine::connect().await?;
+    let provider = provider(args.cluster, &args.service).await?;
+    let engine = crate::toolchain::engine().await?;
     let repo_root = repo_root(args.repo_root)?;
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
@@ -354,7 +362,7 @@ pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
                 repo_root: repo_root.clone(),
                 runs_dir: crate::e2e_dir(),
                 rebuild: args.cold,
-                cluster_options: crate::cluster_options()?,
+                cluster_options: crate::cluster_options(&engine).await?,
             };
             let outcome = run_once(
                 &engine,
@@ -475,7 +483,7 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
     let cluster_task = setup.cluster(spec.clone());
     service.declare(&mut setup, cluster_task, &repo_root)?;
     let configs = setup.image_configs();
-    let engine = Engine::connect().await.ok();
+    let engine = crate::toolchain::engine().await.ok();
     let existing = match &engine {
         Some(engine) => cluster::find(engine, &spec.name).await.ok().flatten(),
         None => None,
@@ -573,8 +581,8 @@ async fn load_state(
 
 pub async fn down(args: DownArgs) -> Result<()> {
     let service = services::find(&args.service)?;
-    let engine = Engine::connect().await?;
-    let options = crate::cluster_options()?;
+    let engine = crate::toolchain::engine().await?;
+    let options = crate::cluster_options(&engine).await?;
     let name = service.cluster_spec(&crate::workspace_root()).name;
     let existed = cluster::delete(&engine, &name, &options).await?;
     let leftovers = infra_core::run::remove_leftovers(&engine, service.name()).await?;
@@ -596,8 +604,8 @@ pub struct StatusArgs {
 /// Each migrated service: its cluster (and whether a sim cluster's API still
 /// answers) and its last run.
 pub async fn status(args: StatusArgs) -> Result<()> {
-    let engine = Engine::connect().await?;
-    let options = crate::cluster_options()?;
+    let engine = crate::toolchain::engine().await?;
+    let options = crate::cluster_options(&engine).await?;
     let clusters = cluster::list(&engine).await?;
     let mut rows = Vec::new();
     for service in services::all() {

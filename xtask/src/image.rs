@@ -7,9 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use infra_core::{
-    E2eImageConfig, Engine, LoadMethod, build_image_for_kind, load_image_to_kind_with,
-};
+use infra_core::{E2eImageConfig, LoadMethod, build_image_for_kind, load_image_to_kind_with};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -98,7 +96,7 @@ async fn build(args: BuildArgs) -> Result<()> {
     if let Some(command) = &args.pre_build {
         config = config.pre_build(command);
     }
-    let engine = Engine::connect().await?;
+    let engine = crate::toolchain::engine().await?;
     eprintln!(
         "building {} for service {} on {engine} ...",
         args.dockerfile.display(),
@@ -136,7 +134,7 @@ async fn build(args: BuildArgs) -> Result<()> {
 }
 
 async fn load(args: LoadArgs) -> Result<()> {
-    let engine = Engine::connect().await?;
+    let engine = crate::toolchain::engine().await?;
     eprintln!(
         "loading {} into cluster {} by {} from {engine} ...",
         args.image, args.cluster, args.method

@@ -8,6 +8,8 @@
 //! - `cluster create|delete|list`: clusters by hand (kind or sim).
 //! - `image build|load`: the split image API, one step at a time.
 //! - `bench image`: medians of builds and loads on this machine.
+//! - `toolchain build`, `node-image build`: the pinned Kubernetes toolchain
+//!   and the offline kind node image.
 //!
 //! Each subcommand lives in its own module; this file only parses and
 //! dispatches. Errors go to stderr and make the exit status non-zero.
@@ -18,6 +20,7 @@ mod e2e;
 mod image;
 mod progress;
 mod services;
+mod toolchain;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +55,12 @@ enum Command {
     /// Build service images and load them into a cluster's nodes.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// The pinned Kubernetes toolchain (Go modules under toolchain/).
+    #[command(subcommand)]
+    Toolchain(toolchain::ToolchainCommand),
+    /// The kind node image, built offline from the toolchain.
+    #[command(subcommand)]
+    NodeImage(toolchain::NodeImageCommand),
     /// Measure this machine: builds and loads, medians of several runs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -82,6 +91,12 @@ fn main() -> ExitCode {
             Command::Status(args) => e2e::status(args).await.map(|()| ExitCode::SUCCESS),
             Command::Cluster(command) => cluster::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Image(command) => image::run(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Toolchain(command) => toolchain::run_toolchain(command)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::NodeImage(command) => toolchain::run_node_image(command)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Bench(BenchCommand::Image(args)) => {
                 bench::image(args).await.map(|()| ExitCode::SUCCESS)
             }
@@ -111,9 +126,16 @@ pub fn e2e_dir() -> PathBuf {
 }
 
 /// Cluster options for commands run from here: a sim cluster's API server is
-/// this binary, detached, so the cluster outlives the command like kind's.
-pub fn cluster_options() -> anyhow::Result<infra_core::cluster::ClusterOptions> {
+/// this binary, detached, so the cluster outlives the command like kind's;
+/// kind clusters use the toolchain's kind and the offline node image when
+/// they are built.
+pub async fn cluster_options(
+    engine: &infra_core::Engine,
+) -> anyhow::Result<infra_core::cluster::ClusterOptions> {
+    let (kind_program, node_image) = toolchain::kind_options(engine).await;
     Ok(infra_core::cluster::ClusterOptions {
+        kind_program,
+        node_image,
         sim_server: infra_core::cluster::SimServer::Detached {
             program: std::env::current_exe()?,
             args: vec!["sim-serve".into()],

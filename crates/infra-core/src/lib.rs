@@ -28,6 +28,7 @@ pub mod run;
 pub mod stack;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod toolchain;
 
 pub use deploy::DeployError;
 pub use engine::{Engine, EngineError, EngineKind, error_chain};

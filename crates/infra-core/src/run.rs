@@ -143,7 +143,9 @@ pub async fn run(
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| setup_error(format!("creating {}: {e}", run_dir.display())))?;
     if options.provider == Provider::Kind {
-        crate::cluster::kind::KindCli::find(engine.kind())
+        options
+            .cluster_options
+            .kind(engine)
             .map_err(|e| setup_error(e.to_string()))?;
     }
 

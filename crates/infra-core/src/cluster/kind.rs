@@ -31,6 +31,8 @@ controllerManager:
 struct KindConfig {
     kind: &'static str,
     api_version: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    kubeadm_config_patches: Vec<String>,
     nodes: Vec<KindNodeConfig>,
 }
 
@@ -99,9 +101,17 @@ pub fn render_config(spec: &ClusterSpec, base: &Path) -> String {
     };
     let mut nodes = vec![node("control-plane")];
     nodes.extend((0..spec.workers).map(|_| node("worker")));
+    // Cluster-wide: the CoreDNS release the node image holds. kind's
+    // kubeadm config for 1.34 is v1beta3, so no apiVersion here.
+    let kubeadm_config_patches = spec
+        .dns_image_tag
+        .iter()
+        .map(|tag| format!("kind: ClusterConfiguration\ndns:\n  imageTag: \"{tag}\"\n"))
+        .collect();
     let config = KindConfig {
         kind: "Cluster",
         api_version: "kind.x-k8s.io/v1alpha4",
+        kubeadm_config_patches,
         nodes,
     };
     yaml_serde::to_string(&config).expect("a kind config always serialises")
@@ -155,8 +165,9 @@ impl KindCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum KindError {
     #[error(
-        "`kind` was not found on PATH. Install kind (https://kind.sigs.k8s.io), or use the \
-         simulated cluster with `--cluster sim` (no kind needed)"
+        "`kind` was not found: build the pinned toolchain (`cargo xtask toolchain build`, which \
+         builds kind) or install kind (https://kind.sigs.k8s.io); or use the simulated cluster \
+         with `--cluster sim` (no kind needed)"
     )]
     NotFound,
     #[error("could not run `{command}`")]
@@ -181,9 +192,12 @@ pub struct KindCli {
 }
 
 impl KindCli {
-    /// Finds `kind` on PATH.
-    pub fn find(engine: EngineKind) -> Result<KindCli, KindError> {
-        let program = which::which("kind").map_err(|_| KindError::NotFound)?;
+    /// `program` when given (the toolchain's kind), else `kind` on PATH.
+    pub fn find(engine: EngineKind, program: Option<&Path>) -> Result<KindCli, KindError> {
+        let program = match program {
+            Some(p) => p.to_path_buf(),
+            None => which::which("kind").map_err(|_| KindError::NotFound)?,
+        };
         Ok(KindCli::with_program(program, engine))
     }
 
@@ -310,6 +324,22 @@ mod tests {
             "200"
         );
         assert!(nodes[1].get("kubeadmConfigPatches").is_none());
+    }
+
+    #[test]
+    fn the_offline_node_images_coredns_is_patched_in() {
+        let mut spec = ClusterSpec::new("ds-e2e").node_image("localhost/kind-e2e/node:v1.34.4-x");
+        let plain: serde_json::Value =
+            yaml_serde::from_str(&render_config(&spec, Path::new("/"))).unwrap();
+        assert!(plain.get("kubeadmConfigPatches").is_none());
+        spec.dns_image_tag = Some("v1.14.3".into());
+        let parsed: serde_json::Value =
+            yaml_serde::from_str(&render_config(&spec, Path::new("/"))).unwrap();
+        let patch = parsed["kubeadmConfigPatches"][0].as_str().unwrap();
+        let patch: serde_json::Value = yaml_serde::from_str(patch).unwrap();
+        assert_eq!(patch["kind"], "ClusterConfiguration");
+        assert_eq!(patch["dns"]["imageTag"], "v1.14.3");
+        assert!(patch.get("apiVersion").is_none());
     }
 
     #[test]

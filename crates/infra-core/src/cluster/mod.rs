@@ -10,6 +10,7 @@
 
 pub mod kind;
 pub mod node;
+pub mod node_image;
 pub mod sim;
 pub mod spec;
 
@@ -85,6 +86,11 @@ pub struct ClusterOptions {
     pub sim_server: SimServer,
     /// How long `kind create cluster --wait` waits for the control plane.
     pub kind_wait: Duration,
+    /// The `kind` binary (the pinned toolchain's); `kind` on PATH if `None`.
+    pub kind_program: Option<PathBuf>,
+    /// The node image of kind clusters whose spec names none: the offline
+    /// image ([`node_image`]) where it is built, kind's default otherwise.
+    pub node_image: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -103,11 +109,18 @@ impl Default for ClusterOptions {
             labels: HashMap::new(),
             sim_server: SimServer::InProcess,
             kind_wait: Duration::from_secs(120),
+            kind_program: None,
+            node_image: None,
         }
     }
 }
 
 impl ClusterOptions {
+    /// The kind CLI these options choose, bound to `engine`.
+    pub fn kind(&self, engine: &Engine) -> Result<KindCli, KindError> {
+        KindCli::find(engine.kind(), self.kind_program.as_deref())
+    }
+
     /// `<kubeconfig_dir>/<cluster>-config`, as the original named them.
     pub fn kubeconfig_path(&self, cluster: &str) -> PathBuf {
         self.kubeconfig_dir.join(format!("{cluster}-config"))
@@ -284,7 +297,7 @@ async fn reuse(
     let kubeconfig = options.kubeconfig_path(name);
     match provider {
         Provider::Kind => {
-            let kind = KindCli::find(engine.kind())?;
+            let kind = options.kind(engine)?;
             let text = kind.get_kubeconfig(name).run().await?;
             write_private(&kubeconfig, &text)?;
         }
@@ -315,7 +328,20 @@ async fn create_kind(
     kubeconfig: &Path,
     options: &ClusterOptions,
 ) -> Result<Vec<KindNode>, ClusterError> {
-    let kind = KindCli::find(engine.kind())?;
+    let kind = options.kind(engine)?;
+    let mut spec = spec.clone();
+    if spec.node_image.is_none() {
+        spec.node_image = options.node_image.clone();
+    }
+    if let Some(image) = &spec.node_image
+        && spec.dns_image_tag.is_none()
+    {
+        // The offline node image holds its own CoreDNS release.
+        spec.dns_image_tag = node_image::labels(engine, image)
+            .await
+            .remove(node_image::LABEL_COREDNS_TAG);
+    }
+    let spec = &spec;
     let base = std::env::current_dir().map_err(|source| ClusterError::Io {
         what: "reading the current directory".into(),
         source,
@@ -416,7 +442,7 @@ pub async fn delete(
     let kubeconfig = options.kubeconfig_path(name);
     match find(engine, name).await? {
         Some(found) if found.provider == Provider::Kind => {
-            let kind = KindCli::find(engine.kind())?;
+            let kind = options.kind(engine)?;
             kind.delete(name).run().await?;
             let _ = std::fs::remove_file(&kubeconfig);
             Ok(true)
@@ -451,7 +477,8 @@ pub async fn export_logs(
     })?;
     match cluster.provider {
         Provider::Kind => {
-            KindCli::find(engine.kind())?
+            options
+                .kind(engine)?
                 .export_logs(&cluster.name, dir)
                 .run()
                 .await?;

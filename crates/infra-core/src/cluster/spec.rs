@@ -60,6 +60,10 @@ pub struct ClusterSpec {
     pub node_image: Option<String>,
     /// The original's API server and controller-manager tuning (kind only).
     pub tuned_control_plane: bool,
+    /// CoreDNS image tag for kubeadm (kind only): set for node images that
+    /// hold another CoreDNS release than kubeadm's default (the offline node
+    /// image, [`super::node_image`]).
+    pub dns_image_tag: Option<String>,
 }
 
 impl ClusterSpec {
@@ -73,6 +77,7 @@ impl ClusterSpec {
             mounts: Vec::new(),
             node_image: None,
             tuned_control_plane: true,
+            dns_image_tag: None,
         }
     }
 

@@ -10,6 +10,7 @@
 
 mod build;
 pub mod context;
+pub mod debian;
 pub mod dockerignore;
 
 use std::collections::BTreeMap;
