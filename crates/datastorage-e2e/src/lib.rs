@@ -19,7 +19,9 @@ use infra_core::image::E2eImageConfig;
 use infra_core::plan::setup::Setup;
 use infra_core::plan::{Pattern, TaskError, TaskId};
 use infra_core::run::{ServiceSetup, SetupError, SuiteEnv};
+use infra_core::plan::setup::SetupContext;
 use infra_core::stack::datastorage::{self, DataStorageConfig};
+use infra_core::stack::images;
 use infra_core::stack::migrations::{self, load_migrations};
 use infra_core::stack::namespace;
 use infra_core::stack::postgres::PostgresConfig;
@@ -61,6 +63,23 @@ pub fn redis() -> RedisConfig {
     RedisConfig::new(NAMESPACE)
 }
 
+/// The reference of an image this run built or provided and loaded.
+fn loaded_reference(ctx: &SetupContext, key: &str) -> Result<String, TaskError> {
+    ctx.image(key)
+        .map(|built| built.reference)
+        .ok_or_else(|| TaskError::msg(format!("image {key} was not provided")))
+}
+
+/// `pg` running the PostgreSQL image this run loaded.
+fn with_image(
+    mut pg: PostgresConfig,
+    ctx: &SetupContext,
+    key: &str,
+) -> Result<PostgresConfig, TaskError> {
+    pg.image = loaded_reference(ctx, key)?;
+    Ok(pg)
+}
+
 impl ServiceSetup for DataStorage {
     fn name(&self) -> &'static str {
         SERVICE
@@ -98,13 +117,35 @@ impl ServiceSetup for DataStorage {
             })?;
         let (pg, redis) = (postgres(), redis());
 
+        // PostgreSQL and Redis run images put into the nodes like ours:
+        // pulled once where a registry answers, built offline where none does.
+        let pg_image = setup.third_party(images::postgres());
+        let pg_loaded = setup.load(&pg_image);
+        let redis_image = setup.third_party(images::redis());
+        let redis_loaded = setup.load(&redis_image);
+
         let ns = setup.component(namespace(NAMESPACE), &[cluster]);
-        let pg_up = setup.component(pg.component(), &[ns.ready]);
-        let redis_up = setup.component(redis.component(), &[ns.ready]);
-        let migrated = setup.component(
-            migrations::component(&pg, &migrations, Duration::from_secs(180)),
-            &[pg_up.ready],
-        );
+        let pg_up = {
+            let (pg, key) = (pg.clone(), pg_image.key.clone());
+            setup.component_with("postgresql".into(), &[ns.ready, pg_loaded], move |ctx| {
+                Ok(with_image(pg, ctx, &key)?.component())
+            })
+        };
+        let redis_up = {
+            let (redis, key) = (redis.clone(), redis_image.key.clone());
+            setup.component_with("redis".into(), &[ns.ready, redis_loaded], move |ctx| {
+                let mut redis = redis;
+                redis.image = loaded_reference(ctx, &key)?;
+                Ok(redis.component())
+            })
+        };
+        let migrated = {
+            let (pg, key) = (pg.clone(), pg_image.key.clone());
+            setup.component_with("migrations".into(), &[pg_up.ready], move |ctx| {
+                let pg = with_image(pg, ctx, &key)?;
+                Ok(migrations::component(&pg, &migrations, Duration::from_secs(180)))
+            })
+        };
         let key = image.key.clone();
         let ds = setup.component_with(
             "datastorage".into(),

@@ -204,6 +204,38 @@ impl Setup {
         ImageTask { key, build }
     }
 
+    /// Makes a third-party image (PostgreSQL, Redis) exist in the engine:
+    /// already there, pulled once, or built offline when no registry answers
+    /// ([`crate::stack::images`]). Load it like a built image.
+    pub fn third_party(&mut self, image: crate::stack::images::ThirdPartyImage) -> ImageTask {
+        let key = image.key.clone();
+        let stored = key.clone();
+        let build = self.plan.task(
+            format!("image {key}"),
+            TaskKind::Build,
+            &[],
+            move |ctx: Arc<SetupContext>| async move {
+                let (built, provenance) = crate::stack::images::provide(
+                    &ctx.engine,
+                    &image,
+                    &crate::toolchain::default_cache(),
+                    &ctx.run_dir,
+                    ctx.rebuild,
+                )
+                .await
+                .map_err(|e| TaskError::new(&e))?;
+                let outcome = Outcome::cached(built.cached)
+                    .note(format!("{}: {provenance}", built.reference));
+                ctx.images
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(stored, built);
+                Ok(outcome)
+            },
+        );
+        ImageTask { key, build }
+    }
+
     /// Creates the cluster (or reuses it, per the run's options), and the
     /// client and applier every deploy task uses.
     pub fn cluster(&mut self, spec: ClusterSpec) -> TaskId {

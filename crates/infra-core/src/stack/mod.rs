@@ -6,6 +6,7 @@
 //! misspelt field cannot slip through.
 
 pub mod datastorage;
+pub mod images;
 pub mod migrations;
 pub mod postgres;
 pub mod redis;
