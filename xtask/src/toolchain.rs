@@ -177,18 +177,20 @@ pub async fn engine() -> Result<Engine> {
     if std::env::var("KIND_EXPERIMENTAL_PROVIDER").as_deref() == Ok("podman") {
         return podman().await;
     }
-    if let Some(toolchain) = built().await
-        && let Ok(reference) = node_image::reference(&toolchain, &source())
-    {
-        for endpoint in infra_core::engine::default_endpoints() {
-            if let Ok(engine) = Engine::connect_to(&endpoint).await
-                && engine.docker().inspect_image(&reference).await.is_ok()
-            {
-                return Ok(engine);
-            }
-        }
+    match offline().await {
+        Ok(offline) => Ok(offline.engine),
+        Err(_) => Ok(Engine::connect().await?),
     }
-    Ok(Engine::connect().await?)
+}
+
+/// This checkout's offline kind setup, if built.
+pub async fn offline() -> Result<node_image::OfflineKind, String> {
+    node_image::find_offline(
+        &source(),
+        &toolchain::default_cache(),
+        &infra_core::engine::default_endpoints(),
+    )
+    .await
 }
 
 /// The toolchain's kind and the offline node image, when built, for

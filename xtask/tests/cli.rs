@@ -34,6 +34,8 @@ impl Cli {
             .args(args)
             .env("HOME", self.home.path())
             .env("XDG_STATE_HOME", self.home.path().join("state"))
+            // The machine's toolchain, rootfs and node image, not a copy per test.
+            .env("KIND_E2E_CACHE", infra_core::toolchain::default_cache())
             .env_remove("E2E_REPO_ROOT");
         command
     }
@@ -247,9 +249,11 @@ async fn a_sim_cluster_created_by_the_cli_takes_loads_and_serves_kubectl_until_d
 async fn e2e_without_kind_fails_at_once_and_suggests_the_sim() {
     let cli = Cli::new();
     let started = Instant::now();
+    let no_toolchain = tempfile::tempdir().unwrap();
     let output = cli
         .command(&["e2e", "datastorage"])
         .env("PATH", "/usr/bin:/bin")
+        .env("KIND_E2E_CACHE", no_toolchain.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -266,6 +270,67 @@ async fn e2e_without_kind_fails_at_once_and_suggests_the_sim() {
     let unknown = cli.run(&["e2e", "billing", "--cluster", "sim"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("known services: datastorage"));
+}
+
+/// The README's main job on a real kind cluster: every suite test runs
+/// against running PostgreSQL, migrations and DataStorage (none skipped),
+/// and nothing is left behind.
+#[tokio::test]
+async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
+    let test = "datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live";
+    let Some(offline) = testing::offline_kind(test).await else {
+        return;
+    };
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let cli = Cli::new();
+    let output = cli.run(&["e2e", "datastorage", "--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "the kind run failed");
+    let report = report(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["cluster"]["provider"], "kind");
+    assert!(
+        stderr.contains(&offline.node_image),
+        "the run names its node image: {stderr}"
+    );
+    let run_dir = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run folder: "))
+        .map(PathBuf::from)
+        .expect("the run folder is printed");
+    let suite = std::fs::read_to_string(run_dir.join("suite.log")).unwrap();
+    assert!(!suite.contains("SKIPPED"), "every test runs live:\n{suite}");
+    assert!(suite.contains("7 passed; 0 failed"), "{suite}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap())
+            .unwrap();
+    let note = |name: &str| {
+        saved["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .and_then(|t| t["note"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        note("health datastorage").contains("/health/ready"),
+        "the health check ran: {}",
+        note("health datastorage")
+    );
+    for image in ["image postgresql", "image redis"] {
+        let how = note(image);
+        assert!(
+            how.contains("offline") || how.contains("pulled") || how.contains("already"),
+            "{image} says where it came from: {how}"
+        );
+    }
+    // Deleted at the end: no node containers left.
+    assert_eq!(
+        node_containers_of(&all_containers(&offline.engine).await, "datastorage-e2e"),
+        0
+    );
 }
 
 fn report(stdout: &str) -> serde_json::Value {

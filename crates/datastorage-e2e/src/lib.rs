@@ -17,9 +17,9 @@ use infra_core::cluster::spec::{ClusterSpec, NodeSelector};
 use infra_core::deploy::health::HealthCheck;
 use infra_core::image::E2eImageConfig;
 use infra_core::plan::setup::Setup;
+use infra_core::plan::setup::SetupContext;
 use infra_core::plan::{Pattern, TaskError, TaskId};
 use infra_core::run::{ServiceSetup, SetupError, SuiteEnv};
-use infra_core::plan::setup::SetupContext;
 use infra_core::stack::datastorage::{self, DataStorageConfig};
 use infra_core::stack::images;
 use infra_core::stack::migrations::{self, load_migrations};
@@ -143,7 +143,11 @@ impl ServiceSetup for DataStorage {
             let (pg, key) = (pg.clone(), pg_image.key.clone());
             setup.component_with("migrations".into(), &[pg_up.ready], move |ctx| {
                 let pg = with_image(pg, ctx, &key)?;
-                Ok(migrations::component(&pg, &migrations, Duration::from_secs(180)))
+                Ok(migrations::component(
+                    &pg,
+                    &migrations,
+                    Duration::from_secs(180),
+                ))
             })
         };
         let key = image.key.clone();

@@ -43,6 +43,26 @@ pub async fn engine(test: &str) -> Option<Engine> {
     }
 }
 
+/// Kind without a registry, for live kind tests: the pinned toolchain and
+/// this checkout's node image (built by `cargo xtask toolchain build` and
+/// `cargo xtask node-image build`; `.ci/run` builds both), and the engine
+/// holding it. Skips saying what to build, or fails under `CI=true`.
+pub async fn offline_kind(test: &str) -> Option<crate::cluster::node_image::OfflineKind> {
+    match crate::cluster::node_image::find_offline(
+        &crate::toolchain::default_source(),
+        &crate::toolchain::default_cache(),
+        &crate::engine::default_endpoints(),
+    )
+    .await
+    {
+        Ok(found) => Some(found),
+        Err(why) => {
+            skip_or_fail(test, &format!("needs a real kind cluster: {why}"));
+            None
+        }
+    }
+}
+
 /// Podman's Docker-compatible API at [`PODMAN_SOCKET`] (or `E2E_PODMAN_HOST`).
 pub async fn podman(test: &str) -> Option<Engine> {
     let endpoint = std::env::var("E2E_PODMAN_HOST").unwrap_or_else(|_| PODMAN_SOCKET.into());

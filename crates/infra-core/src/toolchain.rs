@@ -1,5 +1,5 @@
 //! The pinned Kubernetes toolchain: kubeadm, kubelet, kubectl, the control
-//! plane, kube-proxy, etcd, CoreDNS, kind, and the node image's own pause and
+//! plane, kube-proxy, etcd, CoreDNS, kind, crictl, and the node image's own pause and
 //! pod-network agent, built from the Go modules under `toolchain/` with the
 //! ordinary `go` command (modules come through the Go module proxy; no code
 //! of those projects is in the repository).
@@ -67,6 +67,11 @@ pub const GO_BUILDS: &[GoBuild] = &[
     GoBuild {
         module: "kind",
         commands: &[("sigs.k8s.io/kind", "kind")],
+        kubernetes_version_ldflags: false,
+    },
+    GoBuild {
+        module: "cri-tools",
+        commands: &[("sigs.k8s.io/cri-tools/cmd/crictl", "crictl")],
         kubernetes_version_ldflags: false,
     },
 ];

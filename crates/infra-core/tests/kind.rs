@@ -1,34 +1,55 @@
-//! Live tests against real kind clusters. kind cannot run on every machine (it
-//! needs a registry for its node image and privileged containers), so these
-//! are ignored by default; run them with `cargo test -p infra-core --test kind
-//! -- --ignored` where kind works. `cargo xtask e2e <service>` exercises the
-//! same paths end to end.
+//! Live tests against real kind clusters, made from the pinned toolchain's
+//! kind and the offline node image (`cargo xtask toolchain build`, `cargo
+//! xtask node-image build`; `.ci/run` builds both). Without them each test
+//! prints why it skips; under `CI=true` it fails.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use infra_core::cluster::node_image::OfflineKind;
 use infra_core::cluster::spec::ClusterSpec;
 use infra_core::cluster::{self, ClusterOptions, Existing, Provider};
+use infra_core::deploy::Applier;
+use infra_core::deploy::wait::{Target, Workload, wait_all};
 use infra_core::testing::{self, unique_name};
 use infra_core::{E2eImageConfig, LoadMethod, build_image_for_kind, load_image_to_kind_with};
+use kube::api::DynamicObject;
 
-fn options(dir: &std::path::Path) -> ClusterOptions {
-    ClusterOptions {
+fn options(offline: &OfflineKind, dir: &std::path::Path) -> ClusterOptions {
+    offline.cluster_options(ClusterOptions {
         kubeconfig_dir: dir.join("kube"),
         state_dir: dir.join("state"),
         log_dir: testing::log_dir(),
         kind_wait: Duration::from_secs(180),
         ..ClusterOptions::default()
-    }
+    })
 }
 
 #[tokio::test]
-#[ignore = "needs kind"]
 async fn kind_cluster_lifecycle_with_reuse_kubeconfig_and_logs() {
-    let engine = testing::engine("kind lifecycle").await.expect("an engine");
+    let Some(offline) = testing::offline_kind("kind lifecycle").await else {
+        return;
+    };
+    let engine = offline.engine.clone();
     let dir = tempfile::tempdir().unwrap();
-    let mut options = options(dir.path());
+    let mut options = options(&offline, dir.path());
     let spec = ClusterSpec::new(unique_name("kind")).port(30080, 18080);
-    let created = cluster::create(&engine, Provider::Kind, &spec, &options)
+    let result = lifecycle(&engine, &spec, &mut options, dir.path())
+        .catch_unwind_boxed()
+        .await;
+    // Whatever happened, the cluster goes.
+    let _ = cluster::delete(&engine, &spec.name, &options).await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn lifecycle(
+    engine: &infra_core::Engine,
+    spec: &ClusterSpec,
+    options: &mut ClusterOptions,
+    dir: &std::path::Path,
+) {
+    let created = cluster::create(engine, Provider::Kind, spec, options)
         .await
         .unwrap();
     assert_eq!(created.nodes.len(), 2);
@@ -43,41 +64,182 @@ async fn kind_cluster_lifecycle_with_reuse_kubeconfig_and_logs() {
 
     // An existing cluster is refused unless reuse is asked for.
     assert!(matches!(
-        cluster::create(&engine, Provider::Kind, &spec, &options).await,
+        cluster::create(engine, Provider::Kind, spec, options).await,
         Err(cluster::ClusterError::Exists { .. })
     ));
     options.existing = Existing::Reuse;
-    let reused = cluster::create(&engine, Provider::Kind, &spec, &options)
+    let reused = cluster::create(engine, Provider::Kind, spec, options)
         .await
         .unwrap();
     assert!(reused.reused);
 
-    cluster::export_logs(&engine, &reused, &dir.path().join("logs"), &options)
+    cluster::export_logs(engine, &reused, &dir.join("logs"), options)
         .await
         .unwrap();
-    assert!(std::fs::read_dir(dir.path().join("logs")).unwrap().count() > 0);
-    assert!(
-        cluster::delete(&engine, &spec.name, &options)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !cluster::delete(&engine, &spec.name, &options)
-            .await
-            .unwrap()
-    );
+    assert!(std::fs::read_dir(dir.join("logs")).unwrap().count() > 0);
+    assert!(cluster::delete(engine, &spec.name, options).await.unwrap());
+    assert!(!cluster::delete(engine, &spec.name, options).await.unwrap());
 }
 
+/// Images streamed in run; one never loaded fails at once with
+/// `ErrImageNeverPull`, and a crashing container with `CrashLoopBackOff` and
+/// its last log lines — not after the readiness timeout.
 #[tokio::test]
-#[ignore = "needs kind"]
-async fn images_stream_into_a_real_kind_cluster() {
-    let engine = testing::engine("kind load").await.expect("an engine");
+async fn images_stream_into_a_real_kind_cluster_and_broken_pods_fail_fast() {
+    let Some(offline) = testing::offline_kind("kind load").await else {
+        return;
+    };
+    let engine = offline.engine.clone();
     let dir = tempfile::tempdir().unwrap();
-    let options = options(dir.path());
+    let options = options(&offline, dir.path());
     let spec = ClusterSpec::new(unique_name("kindload"));
-    cluster::create(&engine, Provider::Kind, &spec, &options)
+    let created = cluster::create(&engine, Provider::Kind, &spec, &options)
         .await
         .unwrap();
+    let result = std::panic::AssertUnwindSafe(load_and_fail_fast(&engine, &created))
+        .catch_unwind_boxed()
+        .await;
+    cluster::delete(&engine, &spec.name, &options)
+        .await
+        .unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+trait CatchUnwind: std::future::Future + Sized {
+    fn catch_unwind_boxed(
+        self,
+    ) -> futures::future::CatchUnwind<std::panic::AssertUnwindSafe<Self>> {
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(self))
+    }
+}
+impl<F: std::future::Future> CatchUnwind for F {}
+
+fn deployment(name: &str, image: &str, command: &[&str]) -> DynamicObject {
+    // Never ready: a container that runs for a moment before it crashes is
+    // not taken for an available one.
+    let probe =
+        serde_json::json!({"exec": {"command": ["/bin/busybox", "false"]}, "periodSeconds": 1});
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": name, "image": image, "imagePullPolicy": "Never",
+                    "command": command,
+                    "readinessProbe": if name == "runs" { serde_json::Value::Null } else { probe },
+                }]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+async fn load_and_fail_fast(engine: &infra_core::Engine, created: &cluster::Cluster) {
+    let Some(busybox) = testing::busybox_image(engine, "kind load", "kindload", "busybox").await
+    else {
+        return;
+    };
+    let report = load_image_to_kind_with(
+        engine,
+        &busybox.reference,
+        &created.name,
+        LoadMethod::Stream,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.nodes.len(), 2);
+    assert_eq!(report.temp_bytes, 0);
+    let client = created.client().await.unwrap();
+    let applier = Applier::new(client.clone(), "kind-e2e-test");
+
+    // Loaded: it runs and becomes available.
+    applier
+        .apply_all(vec![deployment(
+            "runs",
+            &busybox.reference,
+            &["/bin/busybox", "sleep", "3600"],
+        )])
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(120);
+    wait_all(
+        &client,
+        &[Target::new(
+            Workload::Deployment,
+            "default",
+            "runs",
+            timeout,
+        )],
+    )
+    .await
+    .unwrap();
+
+    // Never loaded: ErrImageNeverPull, long before the timeout.
+    applier
+        .apply_all(vec![deployment(
+            "never-loaded",
+            "localhost/kind-e2e-test/never-loaded:1",
+            &["/x"],
+        )])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = wait_all(
+        &client,
+        &[Target::new(
+            Workload::Deployment,
+            "default",
+            "never-loaded",
+            timeout,
+        )],
+    )
+    .await
+    .unwrap_err();
+    let text = infra_core::error_chain(&err);
+    assert!(text.contains("ErrImageNeverPull"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Crashing: CrashLoopBackOff, with what it printed.
+    applier
+        .apply_all(vec![deployment(
+            "crashes",
+            &busybox.reference,
+            &["/bin/busybox", "sh", "-c", "echo crash-marker-42; exit 3"],
+        )])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = wait_all(
+        &client,
+        &[Target::new(
+            Workload::Deployment,
+            "default",
+            "crashes",
+            timeout,
+        )],
+    )
+    .await
+    .unwrap_err();
+    let text = infra_core::error_chain(&err);
+    assert!(text.contains("CrashLoopBackOff"), "{text}");
+    assert!(text.contains("crash-marker-42"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The archive method (the original's) still lands the image.
     let context = tempfile::tempdir().unwrap();
     std::fs::write(context.path().join("hello.txt"), "hi").unwrap();
     std::fs::write(
@@ -86,7 +248,7 @@ async fn images_stream_into_a_real_kind_cluster() {
     )
     .unwrap();
     let image = build_image_for_kind(
-        &engine,
+        engine,
         &E2eImageConfig::new("kindload", "Dockerfile")
             .context(context.path())
             .log_dir(testing::log_dir()),
@@ -94,12 +256,9 @@ async fn images_stream_into_a_real_kind_cluster() {
     .await
     .unwrap();
     for method in [LoadMethod::Stream, LoadMethod::Archive] {
-        let report = load_image_to_kind_with(&engine, &image.reference, &spec.name, method)
+        let report = load_image_to_kind_with(engine, &image.reference, &created.name, method)
             .await
             .unwrap();
         assert_eq!(report.nodes.len(), 2);
     }
-    cluster::delete(&engine, &spec.name, &options)
-        .await
-        .unwrap();
 }

@@ -221,6 +221,54 @@ pub async fn find(
         .map(|_| reference))
 }
 
+/// Kind without a registry, ready to use: the pinned toolchain (its `kind`)
+/// and this checkout's node image, with the engine that holds the image
+/// (kind's nodes run where their image is).
+pub struct OfflineKind {
+    pub toolchain: Toolchain,
+    pub node_image: String,
+    pub engine: Engine,
+}
+
+impl OfflineKind {
+    /// Cluster options using the toolchain's kind and the node image.
+    pub fn cluster_options(&self, base: super::ClusterOptions) -> super::ClusterOptions {
+        super::ClusterOptions {
+            kind_program: Some(self.toolchain.bin("kind")),
+            node_image: Some(self.node_image.clone()),
+            ..base
+        }
+    }
+}
+
+/// The offline kind setup if it is built: the toolchain for `source` in
+/// `cache` and an engine among `endpoints` holding its node image. `Err`
+/// says what is missing and the command that makes it.
+pub async fn find_offline(
+    source: &Path,
+    cache: &Path,
+    endpoints: &[String],
+) -> Result<OfflineKind, String> {
+    let toolchain = crate::toolchain::find(source, cache)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reference = reference(&toolchain, source).map_err(|e| e.to_string())?;
+    for endpoint in endpoints {
+        if let Ok(engine) = Engine::connect_to(endpoint).await
+            && engine.docker().inspect_image(&reference).await.is_ok()
+        {
+            return Ok(OfflineKind {
+                toolchain,
+                node_image: reference,
+                engine,
+            });
+        }
+    }
+    Err(format!(
+        "no engine holds the node image {reference}: run `cargo xtask node-image build`"
+    ))
+}
+
 /// One image the node preloads: its name in the node, and how it is built.
 struct Preload {
     /// The reference kubeadm (or our CNI manifest) asks for.
@@ -512,7 +560,7 @@ fn assemble(
     ] {
         std::fs::create_dir_all(root.join(dir)).map_err(io(format!("creating {dir}")))?;
     }
-    for bin in ["kubeadm", "kubelet", "kubectl"] {
+    for bin in ["kubeadm", "kubelet", "kubectl", "crictl"] {
         let dest = root.join("usr/bin").join(bin);
         std::fs::copy(toolchain.bin(bin), &dest).map_err(io(format!("copying {bin}")))?;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))

@@ -282,7 +282,8 @@ pub struct TaskRecord {
     pub deps: Vec<usize>,
     #[serde(skip)]
     pub state: TaskState,
-    #[serde(skip)]
+    /// What was done, or why it failed (the table's note column).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 

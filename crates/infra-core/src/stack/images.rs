@@ -78,7 +78,10 @@ impl std::fmt::Display for Provenance {
             Provenance::Present => f.write_str("upstream image already in the engine"),
             Provenance::Pulled => f.write_str("pulled from its registry"),
             Provenance::Offline { pull_error } => {
-                write!(f, "built offline from Debian packages (pull failed: {pull_error})")
+                write!(
+                    f,
+                    "built offline from Debian packages (pull failed: {pull_error})"
+                )
             }
         }
     }
