@@ -19,12 +19,28 @@ static DATASTORAGE_CLUSTER: Mutex<()> = Mutex::const_new(());
 
 struct Cli {
     home: tempfile::TempDir,
+    /// The engine the commands use: the one the test inspects.
+    docker_host: String,
 }
 
 impl Cli {
+    /// Commands on the default engine (what `testing::engine` connects to),
+    /// whichever engine holds the node image.
     fn new() -> Cli {
+        let docker_host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| {
+            infra_core::engine::default_endpoints()
+                .into_iter()
+                .find(|e| Path::new(e.trim_start_matches("unix://")).exists())
+                .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
+        });
+        Cli::on(&docker_host)
+    }
+
+    /// Commands on the engine at `endpoint`.
+    fn on(endpoint: &str) -> Cli {
         Cli {
             home: tempfile::tempdir().unwrap(),
+            docker_host: endpoint.to_string(),
         }
     }
 
@@ -36,6 +52,7 @@ impl Cli {
             .env("XDG_STATE_HOME", self.home.path().join("state"))
             // The machine's toolchain, rootfs and node image, not a copy per test.
             .env("KIND_E2E_CACHE", infra_core::toolchain::default_cache())
+            .env("DOCKER_HOST", &self.docker_host)
             .env_remove("E2E_REPO_ROOT");
         command
     }
@@ -282,7 +299,7 @@ async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
         return;
     };
     let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
-    let cli = Cli::new();
+    let cli = Cli::on(offline.engine.endpoint());
     let output = cli.run(&["e2e", "datastorage", "--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "the kind run failed");
