@@ -33,6 +33,25 @@ pub async fn build_image_for_kind(
     engine: &Engine,
     config: &E2eImageConfig,
 ) -> Result<BuiltImage, ImageError> {
+    match build_once(engine, config).await {
+        // Docker's legacy builder reuses a cached intermediate image; when a
+        // concurrent `rmi` (ours or anyone's) prunes it mid-build, the step
+        // fails with "unknown parent image ID". That cache entry is gone now,
+        // so a second attempt builds the step afresh.
+        Err(ImageError::BuildFailed { message, .. })
+            if message.contains("unknown parent image ID") =>
+        {
+            tracing::warn!(
+                "building {}: a cached layer was removed during the build ({message}); retrying",
+                config.image_name
+            );
+            build_once(engine, config).await
+        }
+        other => other,
+    }
+}
+
+async fn build_once(engine: &Engine, config: &E2eImageConfig) -> Result<BuiltImage, ImageError> {
     let started = Instant::now();
     config.validate()?;
     let service = config.service_name.clone();
