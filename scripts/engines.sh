@@ -8,7 +8,7 @@
 set -euo pipefail
 
 PODMAN_SOCKET=/run/podman/podman.sock
-# Podman's default ulimits do not fit these machines ("error setting rlimit"):
+# Podman's default ulimits do not fit small VMs ("error setting rlimit"):
 # the system-wide containers.conf sets ones that do, for the API service and
 # for the podman CLI that kind runs. An existing containers.conf is left
 # alone (add the same default_ulimits line to it if containers fail to start).
@@ -68,6 +68,10 @@ if [ ! -e "$PODMAN_CONF" ]; then
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 CONF
+elif ! grep -q default_ulimits "$PODMAN_CONF"; then
+  log "warning: $PODMAN_CONF sets no default_ulimits; if Podman containers fail with" \
+    "\"error setting rlimit\", add under [containers]:" \
+    'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]'
 fi
 # kind's podman nodes bind-mount /lib/modules, and Podman refuses a missing
 # source; a host without kernel modules has none.

@@ -1,6 +1,7 @@
 // CoreDNS, pinned: `cargo xtask toolchain build` builds it from this module for
-// the cluster's DNS. The oldest release served here; kubeadm 1.34 asks for
-// v1.12.1, so the kind config sets ClusterConfiguration dns.imageTag to this.
+// the cluster's DNS. The oldest release the module proxy offered when pinned;
+// kubeadm 1.34 asks for v1.12.1, so kind configs set ClusterConfiguration
+// dns.imageTag to this.
 module kind-e2e.invalid/toolchain/coredns
 
 go 1.25.0

@@ -157,6 +157,12 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
             "node image: {}",
             crate::toolchain::describe_node_image(&options.cluster_options.node_image)
         );
+        if options.cluster_options.node_image.is_none() {
+            eprintln!(
+                "warning: no offline node image on {engine}: kind will pull its default, which \
+                 needs a registry; `cargo xtask node-image build` makes one"
+            );
+        }
     }
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_ctrl_c(cancel.clone()));

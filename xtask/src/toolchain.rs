@@ -105,7 +105,20 @@ pub async fn run_node_image(command: NodeImageCommand) -> Result<()> {
     let NodeImageCommand::Build(args) = command;
     let started = Instant::now();
     let engine = match (std::env::var_os("DOCKER_HOST"), args.engine) {
-        (Some(_), _) | (None, Some(EngineChoice::Docker)) => Engine::connect().await?,
+        (Some(host), Some(_)) => anyhow::bail!(
+            "--engine and DOCKER_HOST={} both choose the engine: give one of them",
+            host.to_string_lossy()
+        ),
+        (Some(_), None) => Engine::connect().await?,
+        (None, Some(EngineChoice::Docker)) => {
+            let endpoint = infra_core::engine::default_endpoints()
+                .into_iter()
+                .find(|e| !e.contains("podman"))
+                .expect("Docker's socket is a default endpoint");
+            Engine::connect_to(&endpoint)
+                .await
+                .map_err(|why| anyhow::anyhow!("Docker at {endpoint} does not answer: {why}"))?
+        }
         (None, Some(EngineChoice::Podman)) => podman().await?,
         (None, None) => match podman().await {
             Ok(engine) => engine,

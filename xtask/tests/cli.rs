@@ -302,7 +302,7 @@ async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
     let cli = Cli::on(offline.engine.endpoint());
     let output = cli.run(&["e2e", "datastorage", "--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "the kind run failed");
+    assert!(output.status.success(), "the kind run failed:\n{stderr}");
     let report = report(&String::from_utf8_lossy(&output.stdout));
     assert_eq!(report["ok"], true);
     assert_eq!(report["cluster"]["provider"], "kind");
@@ -336,11 +336,21 @@ async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
         "the health check ran: {}",
         note("health datastorage")
     );
-    for image in ["image postgresql", "image redis"] {
-        let how = note(image);
+    for (task, upstream) in [
+        ("image postgresql", "postgres:16-alpine"),
+        ("image redis", "redis:7-alpine"),
+    ] {
+        // The reference, then where it came from: the upstream image, or
+        // the offline stand-in (ours, under localhost/kind-e2e/).
+        let how = note(task);
+        let (reference, provenance) = how.split_once(": ").unwrap_or_default();
         assert!(
-            how.contains("offline") || how.contains("pulled") || how.contains("already"),
-            "{image} says where it came from: {how}"
+            reference.ends_with(upstream) || reference.starts_with("localhost/kind-e2e/"),
+            "{task}: {how}"
+        );
+        assert!(
+            !provenance.is_empty(),
+            "{task} says where it came from: {how}"
         );
     }
     // Deleted at the end: no node containers left.

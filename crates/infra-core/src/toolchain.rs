@@ -114,7 +114,7 @@ impl Toolchain {
 #[derive(Debug, thiserror::Error)]
 pub enum ToolchainError {
     #[error(
-        "the `go` command was not found on PATH: install Go 1.24 or newer (the toolchain's \
+        "the `go` command was not found on PATH: install Go 1.25 or newer (the toolchain's \
          modules are built with it)"
     )]
     NoGo,
@@ -209,6 +209,16 @@ pub async fn go_version() -> Result<String, ToolchainError> {
         .output()
         .await
         .map_err(io("running `go version`"))?;
+    if !out.status.success() {
+        return Err(ToolchainError::Source {
+            path: PathBuf::from("go"),
+            problem: format!(
+                "`go version` failed ({}): {}",
+                out.status,
+                crate::engine::last_lines(&String::from_utf8_lossy(&out.stderr), 5)
+            ),
+        });
+    }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -217,6 +227,9 @@ pub async fn go_version() -> Result<String, ToolchainError> {
 pub fn input_digest(source: &Path, go_version: &str) -> Result<String, ToolchainError> {
     let mut hasher = Sha256::new();
     hasher.update(RECIPE.as_bytes());
+    hasher.update([0]);
+    // This file is the recipe: what is built, with which flags and env.
+    hasher.update(include_str!("toolchain.rs").as_bytes());
     hasher.update([0]);
     hasher.update(go_version.as_bytes());
     hasher.update([0]);
@@ -351,6 +364,10 @@ pub async fn build(
     std::fs::write(work.path().join("toolchain.json"), manifest)
         .map_err(io("writing toolchain.json"))?;
     let work = work.keep();
+    if toolchain.dir.exists() && cached(cache, &digest).is_none() {
+        // Incomplete (a binary removed, a broken manifest): replace it.
+        let _ = std::fs::remove_dir_all(&toolchain.dir);
+    }
     if let Err(e) = std::fs::rename(&work, &toolchain.dir) {
         // A concurrent build finished first: use its result.
         let _ = std::fs::remove_dir_all(&work);
@@ -419,6 +436,8 @@ async fn go_build(
         .current_dir(source.join(build.module))
         .env("CGO_ENABLED", "0")
         .env("GOTOOLCHAIN", "local")
+        // Only these modules: no go.work of a parent folder.
+        .env("GOWORK", "off")
         .env("GOFLAGS", "-mod=readonly -buildvcs=false")
         .stdin(std::process::Stdio::null())
         .stdout(log_file.try_clone().map_err(io("opening the build log"))?)

@@ -14,6 +14,19 @@ use infra_core::testing::{self, unique_name};
 use infra_core::{E2eImageConfig, LoadMethod, build_image_for_kind, load_image_to_kind_with};
 use kube::api::DynamicObject;
 
+/// One kind cluster at a time: two at once on a small machine is a test of
+/// its CPU, not of the code.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A host port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn options(offline: &OfflineKind, dir: &std::path::Path) -> ClusterOptions {
     offline.cluster_options(ClusterOptions {
         kubeconfig_dir: dir.join("kube"),
@@ -29,10 +42,11 @@ async fn kind_cluster_lifecycle_with_reuse_kubeconfig_and_logs() {
     let Some(offline) = testing::offline_kind("kind lifecycle").await else {
         return;
     };
+    let _one = ONE_CLUSTER.lock().await;
     let engine = offline.engine.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut options = options(&offline, dir.path());
-    let spec = ClusterSpec::new(unique_name("kind")).port(30080, 18080);
+    let spec = ClusterSpec::new(unique_name("kind")).port(30080, free_port());
     let result = lifecycle(&engine, &spec, &mut options, dir.path())
         .catch_unwind_boxed()
         .await;
@@ -89,6 +103,7 @@ async fn images_stream_into_a_real_kind_cluster_and_broken_pods_fail_fast() {
     let Some(offline) = testing::offline_kind("kind load").await else {
         return;
     };
+    let _one = ONE_CLUSTER.lock().await;
     let engine = offline.engine.clone();
     let dir = tempfile::tempdir().unwrap();
     let options = options(&offline, dir.path());
@@ -99,12 +114,12 @@ async fn images_stream_into_a_real_kind_cluster_and_broken_pods_fail_fast() {
     let result = std::panic::AssertUnwindSafe(load_and_fail_fast(&engine, &created))
         .catch_unwind_boxed()
         .await;
-    cluster::delete(&engine, &spec.name, &options)
-        .await
-        .unwrap();
+    let deleted = cluster::delete(&engine, &spec.name, &options).await;
+    // The test's own failure first; then a failed delete.
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+    deleted.unwrap();
 }
 
 trait CatchUnwind: std::future::Future + Sized {

@@ -165,6 +165,9 @@ pub fn input_digest(toolchain: &Toolchain, source: &Path) -> Result<String, Node
     hasher.update(debian::rootfs_digest(&[]).as_bytes());
     hasher.update([0]);
     hasher.update(MASKED_UNITS.join(",").as_bytes());
+    // This file is the recipe (preload Dockerfiles, image config, containerd
+    // import flags, which units are enabled): a change to it is a new image.
+    hasher.update(include_str!("node_image.rs").as_bytes());
     let files = files_dir(source);
     let mut entries: Vec<walkdir::DirEntry> = walkdir::WalkDir::new(&files)
         .into_iter()
@@ -253,20 +256,33 @@ pub async fn find_offline(
         .await
         .map_err(|e| e.to_string())?;
     let reference = reference(&toolchain, source).map_err(|e| e.to_string())?;
-    for endpoint in endpoints {
-        if let Ok(engine) = Engine::connect_to(endpoint).await
-            && engine.docker().inspect_image(&reference).await.is_ok()
-        {
-            return Ok(OfflineKind {
-                toolchain,
-                node_image: reference,
-                engine,
-            });
+    // Podman first: where both hold the image, rootful Podman is the engine
+    // that runs kind's privileged nodes on hosts Docker cannot.
+    let mut ordered: Vec<&String> = endpoints.iter().filter(|e| e.contains("podman")).collect();
+    ordered.extend(endpoints.iter().filter(|e| !e.contains("podman")));
+    let mut unreachable = Vec::new();
+    for endpoint in ordered {
+        match Engine::connect_to(endpoint).await {
+            Ok(engine) if engine.docker().inspect_image(&reference).await.is_ok() => {
+                return Ok(OfflineKind {
+                    toolchain,
+                    node_image: reference,
+                    engine,
+                });
+            }
+            Ok(_) => {}
+            Err(why) => unreachable.push(format!("{endpoint}: {why}")),
         }
     }
-    Err(format!(
-        "no engine holds the node image {reference}: run `cargo xtask node-image build`"
-    ))
+    let mut message =
+        format!("no engine holds the node image {reference}: run `cargo xtask node-image build`");
+    if !unreachable.is_empty() {
+        message.push_str(&format!(
+            " (or start the engine that holds it; not answering: {})",
+            unreachable.join("; ")
+        ));
+    }
+    Err(message)
 }
 
 /// One image the node preloads: its name in the node, and how it is built.
@@ -391,6 +407,7 @@ pub async fn build(
 
     let work_root = options.cache.join("work");
     std::fs::create_dir_all(&work_root).map_err(io("creating the work folder"))?;
+    remove_stale_work(&work_root);
     let work = tempfile::Builder::new()
         .prefix("node-image-")
         .tempdir_in(&work_root)
@@ -442,6 +459,25 @@ pub async fn build(
         cached: false,
         seconds,
     })
+}
+
+/// Removes work folders of builds that were killed (over a day old, so a
+/// concurrent build's folder is left alone).
+fn remove_stale_work(work_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(work_root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(24 * 3600));
+        if old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// `kubeadm config images list` of the pinned release.
@@ -727,18 +763,22 @@ async fn preload_into(
                 }
             }
             drop(stdin);
-            let out = import
-                .wait_with_output()
-                .await
-                .map_err(io("waiting for ctr images import"))?;
-            if let Some(problem) = failure {
-                return Err(step(format!("preloading {wanted}"), problem));
-            }
+            let out = tokio::time::timeout(
+                std::time::Duration::from_secs(300),
+                import.wait_with_output(),
+            )
+            .await
+            .map_err(|_| step(format!("preloading {wanted}"), "ctr import took over 300s"))?
+            .map_err(io("waiting for ctr images import"))?;
+            // ctr's own words first: a broken pipe only says that it died.
             if !out.status.success() {
                 return Err(step(
                     format!("preloading {wanted}"),
                     last_lines(&String::from_utf8_lossy(&out.stderr), 10),
                 ));
+            }
+            if let Some(problem) = failure {
+                return Err(step(format!("preloading {wanted}"), problem));
             }
             for args in [
                 vec!["images", "tag", "--force", from.as_str(), wanted.as_str()],

@@ -1,10 +1,14 @@
 //! Images without a registry: Debian root filesystems made with
-//! `debootstrap` (from Debian's mirror, the one source every machine here
-//! reaches), cached by content, and imported into the engine as base images.
+//! `debootstrap` (from a Debian mirror, which hosts without a registry can
+//! often still reach), cached by content, and imported into the engine as base images.
 //!
 //! A rootfs lives in `<cache>/rootfs/<digest16>/rootfs` (the digest covers the
-//! suite, variant and package list); `.complete` is written last, so an
-//! interrupted debootstrap is never used and is redone.
+//! suite, variant and package list). It is made in a private folder beside it
+//! and renamed into place when complete, so an interrupted debootstrap is
+//! never used, and two processes making the same one do not meet (the second
+//! rename loses and its copy is removed). Within a process one lock
+//! serialises making rootfs and base images, so parallel tasks wait for the
+//! first instead of doing the work twice.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -70,21 +74,28 @@ pub async fn rootfs(
     packages: &[&str],
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<PathBuf, DebianError> {
+    let _one_at_a_time = LOCK.lock().await;
     let digest = rootfs_digest(packages);
-    let dir = cache.join("rootfs").join(&digest[..16]);
-    let root = dir.join("rootfs");
-    if dir.join(".complete").exists() {
-        return Ok(root);
+    let parent = cache.join("rootfs");
+    let final_dir = parent.join(&digest[..16]);
+    if final_dir.join(".complete").exists() {
+        return Ok(final_dir.join("rootfs"));
     }
     let debootstrap = which::which("debootstrap").map_err(|_| DebianError::NoDebootstrap)?;
     if !nix::unistd::Uid::effective().is_root() {
         return Err(DebianError::NotRoot);
     }
-    if dir.exists() {
-        // An earlier attempt was interrupted.
-        std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
-    }
-    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    std::fs::create_dir_all(&parent).map_err(io(format!("creating {}", parent.display())))?;
+    // Removed when dropped: on failure, cancel, or a lost race.
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".{}-", &digest[..16]))
+        .tempdir_in(&parent)
+        .map_err(io(format!(
+            "creating a work folder in {}",
+            parent.display()
+        )))?;
+    let dir = work.path().to_path_buf();
+    let root = dir.join("rootfs");
     let log = dir.join("debootstrap.log");
     let log_file =
         std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
@@ -147,12 +158,33 @@ pub async fn rootfs(
         }
     }
     std::fs::write(dir.join(".complete"), b"").map_err(io("marking the rootfs complete"))?;
+    if final_dir.exists() && !final_dir.join(".complete").exists() {
+        // Left by an older layout or a crash: not usable.
+        std::fs::remove_dir_all(&final_dir).map_err(io(format!(
+            "removing the incomplete {}",
+            final_dir.display()
+        )))?;
+    }
+    let kept = work.keep();
+    if std::fs::rename(&kept, &final_dir).is_err() {
+        // Another process finished the same rootfs first: use theirs.
+        let _ = std::fs::remove_dir_all(&kept);
+        if !final_dir.join(".complete").exists() {
+            return Err(DebianError::Io {
+                what: format!("moving the rootfs to {}", final_dir.display()),
+                source: std::io::Error::other("the folder exists and is incomplete"),
+            });
+        }
+    }
     progress(&format!(
         "  debootstrap done in {:.0}s",
         started.elapsed().as_secs_f64()
     ));
-    Ok(root)
+    Ok(final_dir.join("rootfs"))
 }
+
+/// Serialises rootfs and base-image work in this process.
+static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Streams `root` as a tar (GNU tar, which keeps device nodes, hard links and
 /// modes as they are) into the engine as image `repo:tag`, then gives it the
@@ -167,12 +199,23 @@ pub async fn import_rootfs(
     config: Vec<String>,
 ) -> Result<String, DebianError> {
     let reference = format!("{repo}:{tag}");
-    let plain = format!("{repo}:{tag}-rootfs");
-    import_plain(engine, root, &plain).await?;
-    let result = with_config(engine, &plain, &reference, &config).await;
+    // A tag of this import's own: a concurrent import of the same image
+    // cannot remove it from under this one's build.
+    let plain = format!(
+        "{repo}:{tag}-rootfs-{}-{}",
+        std::process::id(),
+        IMPORTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let result = match import_plain(engine, root, &plain).await {
+        Ok(()) => with_config(engine, &plain, &reference, &config).await,
+        Err(e) => Err(e),
+    };
+    // On every path: the engine may hold a partial import.
     let _ = engine.remove_image(&plain).await;
     result
 }
+
+static IMPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A build of `FROM from` plus `instructions`, tagged `reference`.
 async fn with_config(
@@ -273,6 +316,14 @@ async fn import_plain(engine: &Engine, root: &Path, reference: &str) -> Result<(
     Ok(())
 }
 
+/// The base image's reference: `localhost/kind-e2e/debian:<suite>-<digest12>`.
+pub fn base_reference() -> String {
+    format!(
+        "localhost/kind-e2e/debian:{SUITE}-{}",
+        &rootfs_digest(&[])[..12]
+    )
+}
+
 /// The plain Debian base image (minbase, no extra packages) other offline
 /// images start `FROM`: `localhost/kind-e2e/debian:<suite>-<digest12>`,
 /// imported once per engine.
@@ -281,20 +332,23 @@ pub async fn base_image(
     cache: &Path,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<String, DebianError> {
-    let digest = rootfs_digest(&[]);
-    let repo = "localhost/kind-e2e/debian";
-    let tag = format!("{SUITE}-{}", &digest[..12]);
-    let reference = format!("{repo}:{tag}");
+    let reference = base_reference();
+    let (repo, tag) = reference.rsplit_once(':').expect("a tag");
     if engine.docker().inspect_image(&reference).await.is_ok() {
         return Ok(reference);
     }
     let root = rootfs(cache, &[], progress).await?;
+    let _one_at_a_time = LOCK.lock().await;
+    if engine.docker().inspect_image(&reference).await.is_ok() {
+        // A parallel task imported it while this one waited.
+        return Ok(reference);
+    }
     let started = Instant::now();
     import_rootfs(
         engine,
         &root,
         repo,
-        &tag,
+        tag,
         vec!["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
     )
     .await?;

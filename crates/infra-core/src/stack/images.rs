@@ -6,9 +6,11 @@
 //!
 //! 1. the upstream image (`docker.io/library/postgres:16-alpine`) is already
 //!    there: use it;
-//! 2. pull it once into the engine (bounded: a registry that does not answer
+//! 2. the offline stand-in from these sources was built before: use it (no
+//!    pull is tried again on every run);
+//! 3. pull it once into the engine (bounded: a registry that does not answer
 //!    costs seconds, not minutes);
-//! 3. otherwise build the offline stand-in from `offline-images/<name>` (a
+//! 4. otherwise build the offline stand-in from `offline-images/<name>` (a
 //!    Debian base plus Debian's packages, [`crate::image::debian`]), content
 //!    addressed like every built image, so a second run is a cache hit.
 //!
@@ -70,6 +72,8 @@ pub enum Provenance {
     Pulled,
     /// Built offline because the pull failed (the reason).
     Offline { pull_error: String },
+    /// The offline stand-in built by an earlier run.
+    OfflineBuilt,
 }
 
 impl std::fmt::Display for Provenance {
@@ -82,6 +86,9 @@ impl std::fmt::Display for Provenance {
                     f,
                     "built offline from Debian packages (pull failed: {pull_error})"
                 )
+            }
+            Provenance::OfflineBuilt => {
+                f.write_str("the offline build from Debian packages, made by an earlier run")
             }
         }
     }
@@ -129,6 +136,27 @@ pub async fn provide(
     if let Ok(inspect) = engine.docker().inspect_image(&image.upstream).await {
         return Ok(found(inspect.id.unwrap_or_default(), Provenance::Present));
     }
+    let config = E2eImageConfig::new("third-party", "Dockerfile")
+        .image(format!("kind-e2e/{}", image.key))
+        .context(&image.offline_context)
+        .build_arg("BASE", debian::base_reference())
+        .log_dir(log_dir)
+        .no_cache(rebuild);
+    if !rebuild
+        && let Ok(reference) = crate::image::planned_reference(&config)
+        && engine.docker().inspect_image(&reference).await.is_ok()
+    {
+        // Content addressed: the same reference is the same build.
+        let built =
+            build_image_for_kind(engine, &config)
+                .await
+                .map_err(|e| ThirdPartyError::Offline {
+                    upstream: image.upstream.clone(),
+                    pull_error: "not tried (an offline build exists)".into(),
+                    source: Box::new(e),
+                })?;
+        return Ok((built, Provenance::OfflineBuilt));
+    }
     let pull_error = match pull(engine, &image.upstream).await {
         Ok(()) => match engine.docker().inspect_image(&image.upstream).await {
             Ok(inspect) => return Ok(found(inspect.id.unwrap_or_default(), Provenance::Pulled)),
@@ -137,13 +165,7 @@ pub async fn provide(
         Err(why) => why,
     };
     let offline = async {
-        let base = debian::base_image(engine, cache, &|line| tracing::info!("{line}")).await?;
-        let config = E2eImageConfig::new("third-party", "Dockerfile")
-            .image(format!("kind-e2e/{}", image.key))
-            .context(&image.offline_context)
-            .build_arg("BASE", base)
-            .log_dir(log_dir)
-            .no_cache(rebuild);
+        debian::base_image(engine, cache, &|line| tracing::info!("{line}")).await?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
             build_image_for_kind(engine, &config).await?,
         )

@@ -81,7 +81,9 @@ func main() {
 	for {
 		all, err := nodes.Lister().List(labels.Everything())
 		if err != nil {
+			// Without the node list nothing is known: change nothing.
 			log.Printf("listing nodes: %v", err)
+			all = nil
 		}
 		wanted := map[string]string{}
 		for _, node := range all {
@@ -119,6 +121,9 @@ func main() {
 			log.Printf("route %s via %s", cidr, gateway)
 		}
 		for cidr, gateway := range routes {
+			if err != nil {
+				break
+			}
 			if _, ok := wanted[cidr]; !ok {
 				if err := deleteRoute(cidr, gateway); err != nil {
 					log.Printf("removing route %s: %v", cidr, err)
@@ -131,8 +136,11 @@ func main() {
 			return
 		case <-changed:
 		case <-resync.C:
-			// Routes can be lost to a restarted network stack: check them again.
-			routes = map[string]string{}
+			// Routes can be lost to a restarted network stack: replace them
+			// again (RouteReplace is idempotent; removals still need the map).
+			for cidr := range routes {
+				routes[cidr] = ""
+			}
 		}
 	}
 }
