@@ -345,7 +345,16 @@ pub async fn build(
             names.join(", ")
         ));
         let log = root.join(format!("{}-{}.log", &digest[..16], build.module));
-        go_build(source, build, &versions, &release_date, &bin, &log).await?;
+        go_build(
+            source,
+            build,
+            &versions,
+            &release_date,
+            &bin,
+            &log,
+            progress,
+        )
+        .await?;
         progress(&format!(
             "  {} built in {:.0}s",
             build.module,
@@ -416,6 +425,7 @@ async fn go_build(
     release_date: &str,
     bin: &Path,
     log: &Path,
+    progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ToolchainError> {
     let log_file = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
     // One command: name the file. Several: `go build -o dir/` names each
@@ -427,6 +437,8 @@ async fn go_build(
     let mut command = tokio::process::Command::new("go");
     command
         .arg("build")
+        // One line per package compiled: the log shows how far it got.
+        .arg("-v")
         .arg("-trimpath")
         .arg("-ldflags")
         .arg(ldflags(build, versions, release_date))
@@ -443,10 +455,30 @@ async fn go_build(
         .stdout(log_file.try_clone().map_err(io("opening the build log"))?)
         .stderr(log_file)
         .kill_on_drop(true);
-    let status = command
-        .status()
-        .await
+    let mut child = command
+        .spawn()
         .map_err(io(format!("running go build for {}", build.module)))?;
+    // A cold Kubernetes build is silent for minutes: say how far it is.
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(30));
+    ticker.tick().await;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => {
+                break status.map_err(io(format!("waiting for go build of {}", build.module)))?;
+            }
+            _ = ticker.tick() => {
+                let packages = std::fs::read_to_string(log)
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0);
+                progress(&format!(
+                    "  {}: {packages} packages compiled or downloaded, {:.0}s",
+                    build.module,
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+        }
+    };
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         return Err(ToolchainError::Build {
@@ -468,11 +500,6 @@ async fn go_build(
         }
     }
     Ok(())
-}
-
-/// How long ago `t` was, for progress lines.
-pub fn seconds(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -87,13 +87,15 @@ pub async fn rootfs(
     }
     std::fs::create_dir_all(&parent).map_err(io(format!("creating {}", parent.display())))?;
     // Removed when dropped: on failure, cancel, or a lost race.
-    let work = tempfile::Builder::new()
-        .prefix(&format!(".{}-", &digest[..16]))
-        .tempdir_in(&parent)
-        .map_err(io(format!(
-            "creating a work folder in {}",
-            parent.display()
-        )))?;
+    let work = WorkDir(Some(
+        tempfile::Builder::new()
+            .prefix(&format!(".{}-", &digest[..16]))
+            .tempdir_in(&parent)
+            .map_err(io(format!(
+                "creating a work folder in {}",
+                parent.display()
+            )))?,
+    ));
     let dir = work.path().to_path_buf();
     let root = dir.join("rootfs");
     let log = dir.join("debootstrap.log");
@@ -181,6 +183,61 @@ pub async fn rootfs(
         started.elapsed().as_secs_f64()
     ));
     Ok(final_dir.join("rootfs"))
+}
+
+/// A debootstrap target that is removed when dropped, after unmounting what
+/// a killed debootstrap left mounted in it (its /proc and /sys, or a bind
+/// mount of /dev in a container): removing through a mount would reach the
+/// host's files.
+struct WorkDir(Option<tempfile::TempDir>);
+
+impl WorkDir {
+    fn path(&self) -> &Path {
+        self.0.as_ref().expect("present until kept").path()
+    }
+
+    fn keep(mut self) -> PathBuf {
+        self.0.take().expect("present until kept").keep()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else {
+            return;
+        };
+        for mount in mounts_under(dir.path()) {
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
+                .arg(&mount)
+                .status();
+        }
+        if mounts_under(dir.path()).is_empty() {
+            drop(dir);
+        } else {
+            // Never delete through a mount: leave it, and say so.
+            let kept = dir.keep();
+            tracing::warn!(
+                "left {} in place: it still has mounts in it; unmount them and remove it",
+                kept.display()
+            );
+        }
+    }
+}
+
+/// Mount points under `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    found
 }
 
 /// Serialises rootfs and base-image work in this process.
@@ -362,6 +419,16 @@ pub async fn base_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_under_a_folder_are_found_deepest_first() {
+        let proc_mounts = mounts_under(Path::new("/proc"));
+        assert!(proc_mounts.iter().any(|p| p == Path::new("/proc")));
+        let plain = tempfile::tempdir().unwrap();
+        assert!(mounts_under(plain.path()).is_empty());
+        let lengths: Vec<usize> = proc_mounts.iter().map(|p| p.as_os_str().len()).collect();
+        assert!(lengths.windows(2).all(|w| w[0] >= w[1]));
+    }
 
     #[test]
     fn the_rootfs_digest_ignores_order_and_repeats() {
