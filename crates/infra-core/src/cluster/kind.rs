@@ -3,7 +3,8 @@
 //! With Podman, `KIND_EXPERIMENTAL_PROVIDER=podman` is set on every call.
 //!
 //! Command lines are built as data ([`KindCommand`]) so they can be checked
-//! without kind installed; the live tests are `#[ignore = "needs kind"]`.
+//! without kind installed; the live tests (`tests/kind.rs`) run on the
+//! offline node image.
 
 use std::path::{Path, PathBuf};
 
