@@ -52,8 +52,8 @@ pub struct NodeImageArgs {
     json: bool,
 }
 
-pub fn source() -> PathBuf {
-    crate::workspace_root().join("toolchain")
+fn source() -> PathBuf {
+    toolchain::default_source()
 }
 
 fn progress(line: &str) {

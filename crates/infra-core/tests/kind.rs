@@ -155,6 +155,22 @@ fn deployment(name: &str, image: &str, command: &[&str]) -> DynamicObject {
     .unwrap()
 }
 
+/// Waits for Deployment `name` (timeout 120 s), which must fail within
+/// `within`; returns the error's text.
+async fn fails_within(client: &kube::Client, name: &str, within: Duration) -> String {
+    let started = Instant::now();
+    let target = Target::new(
+        Workload::Deployment,
+        "default",
+        name,
+        Duration::from_secs(120),
+    );
+    let err = wait_all(client, &[target]).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed < within, "{name} failed only after {elapsed:?}");
+    infra_core::error_chain(&err)
+}
+
 async fn load_and_fail_fast(engine: &infra_core::Engine, created: &cluster::Cluster) {
     let Some(busybox) = testing::busybox_image(engine, "kind load", "kindload", "busybox").await
     else {
@@ -204,25 +220,8 @@ async fn load_and_fail_fast(engine: &infra_core::Engine, created: &cluster::Clus
         )])
         .await
         .unwrap();
-    let started = Instant::now();
-    let err = wait_all(
-        &client,
-        &[Target::new(
-            Workload::Deployment,
-            "default",
-            "never-loaded",
-            timeout,
-        )],
-    )
-    .await
-    .unwrap_err();
-    let text = infra_core::error_chain(&err);
+    let text = fails_within(&client, "never-loaded", Duration::from_secs(60)).await;
     assert!(text.contains("ErrImageNeverPull"), "{text}");
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{:?}",
-        started.elapsed()
-    );
 
     // Crashing: CrashLoopBackOff, with what it printed.
     applier
@@ -233,26 +232,9 @@ async fn load_and_fail_fast(engine: &infra_core::Engine, created: &cluster::Clus
         )])
         .await
         .unwrap();
-    let started = Instant::now();
-    let err = wait_all(
-        &client,
-        &[Target::new(
-            Workload::Deployment,
-            "default",
-            "crashes",
-            timeout,
-        )],
-    )
-    .await
-    .unwrap_err();
-    let text = infra_core::error_chain(&err);
+    let text = fails_within(&client, "crashes", Duration::from_secs(90)).await;
     assert!(text.contains("CrashLoopBackOff"), "{text}");
     assert!(text.contains("crash-marker-42"), "{text}");
-    assert!(
-        started.elapsed() < Duration::from_secs(90),
-        "{:?}",
-        started.elapsed()
-    );
 
     // The archive method (the original's) still lands the image.
     let context = tempfile::tempdir().unwrap();
