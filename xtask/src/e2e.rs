@@ -619,14 +619,10 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         let found = clusters.iter().find(|c| c.name == name);
         let api = match found.map(|c| c.provider) {
             Some(Provider::Sim) => {
-                let url = infra_core::cluster::sim::api_url(&options.state_dir, &name);
-                let answers = match url {
-                    Some(url) => matches!(
-                        infra_core::deploy::health::get(&format!("{url}/version")).await,
-                        infra_core::deploy::health::Probe::Status(200)
-                    ),
-                    None => false,
-                };
+                let kubeconfig = options.kubeconfig_path(&name);
+                let answers = infra_core::cluster::sim::api_url(&options.state_dir, &name)
+                    .is_some()
+                    && infra_core::cluster::api_answers(&kubeconfig).await;
                 Some(if answers && options.kubeconfig_path(&name).exists() {
                     "answering"
                 } else {

@@ -125,17 +125,19 @@ pub fn e2e_dir() -> PathBuf {
     workspace_root().join("target").join("e2e")
 }
 
-/// Cluster options for commands run from here: a sim cluster's API server is
-/// this binary, detached, so the cluster outlives the command like kind's;
-/// kind clusters use the toolchain's kind and the offline node image when
-/// they are built.
+/// Cluster options for commands run from here: a sim cluster's control
+/// plane is supervised by this binary, detached, so the cluster outlives the
+/// command like kind's; both providers use the pinned toolchain (kind and
+/// the offline node image; the sim's etcd and Kubernetes binaries) when it
+/// is built.
 pub async fn cluster_options(
     engine: &infra_core::Engine,
 ) -> anyhow::Result<infra_core::cluster::ClusterOptions> {
-    let (kind_program, node_image) = toolchain::kind_options(engine).await;
+    let tools = toolchain::kind_options(engine).await;
     Ok(infra_core::cluster::ClusterOptions {
-        kind_program,
-        node_image,
+        kind_program: tools.kind_program,
+        node_image: tools.node_image,
+        toolchain_bin: tools.bin,
         sim_server: infra_core::cluster::SimServer::Detached {
             program: std::env::current_exe()?,
             args: vec!["sim-serve".into()],

@@ -208,15 +208,28 @@ pub async fn offline() -> Result<node_image::OfflineKind, String> {
 
 /// The toolchain's kind and the offline node image, when built, for
 /// [`infra_core::cluster::ClusterOptions`].
-pub async fn kind_options(engine: &Engine) -> (Option<PathBuf>, Option<String>) {
+pub async fn kind_options(engine: &Engine) -> ClusterTools {
     let Some(toolchain) = built().await else {
-        return (None, None);
+        return ClusterTools::default();
     };
-    let image = node_image::find(engine, &toolchain, &source())
+    let node_image = node_image::find(engine, &toolchain, &source())
         .await
         .ok()
         .flatten();
-    (Some(toolchain.bin("kind")), image)
+    ClusterTools {
+        kind_program: Some(toolchain.bin("kind")),
+        node_image,
+        bin: Some(toolchain.dir.join("bin")),
+    }
+}
+
+/// What the built toolchain gives clusters: kind, its offline node image
+/// (when built) and the `bin/` the sim's control plane runs from.
+#[derive(Debug, Default)]
+pub struct ClusterTools {
+    pub kind_program: Option<PathBuf>,
+    pub node_image: Option<String>,
+    pub bin: Option<PathBuf>,
 }
 
 /// Whether a kind CLI is available: on PATH or built by the toolchain.

@@ -126,6 +126,10 @@ async fn prerequisites(test: &str, kubectl_needed: bool) -> bool {
         testing::skip_or_fail(test, "needs /bin/busybox (apt-get install busybox-static)");
         return false;
     }
+    // A sim cluster's control plane is the pinned toolchain's.
+    if testing::toolchain_bin(test).await.is_none() {
+        return false;
+    }
     if kubectl_needed && which::which("kubectl").is_err() {
         testing::skip_or_fail(test, "needs kubectl on PATH");
         return false;
@@ -575,7 +579,7 @@ async fn a_failing_build_fails_the_run_naming_the_step_keeps_diagnostics_and_rem
         .expect("the run folder is printed");
     let error = std::fs::read_to_string(run_dir.join("error.txt")).unwrap();
     assert!(error.starts_with("build kubernaut/datastorage:"), "{error}");
-    let server_log = run_dir.join("diagnostics/nodes/sim-api-server.log");
+    let server_log = run_dir.join("diagnostics/nodes/sim-kube-apiserver.log");
     assert!(
         std::fs::metadata(&server_log).is_ok_and(|m| m.len() > 0),
         "the failed run keeps its cluster's logs: {}",

@@ -43,6 +43,27 @@ pub async fn engine(test: &str) -> Option<Engine> {
     }
 }
 
+/// The pinned toolchain's `bin/`, for sim clusters (their control plane
+/// runs its etcd and Kubernetes binaries). Skips saying what to build, or
+/// fails under `CI=true`.
+pub async fn toolchain_bin(test: &str) -> Option<PathBuf> {
+    match crate::toolchain::find(
+        &crate::toolchain::default_source(),
+        &crate::toolchain::default_cache(),
+    )
+    .await
+    {
+        Ok(toolchain) => Some(toolchain.dir.join("bin")),
+        Err(why) => {
+            skip_or_fail(
+                test,
+                &format!("a sim cluster runs the pinned control plane: {why}"),
+            );
+            None
+        }
+    }
+}
+
 /// Kind without a registry, for live kind tests: the pinned toolchain and
 /// this checkout's node image (built by `cargo xtask toolchain build` and
 /// `cargo xtask node-image build`; `.ci/run` builds both), and the engine

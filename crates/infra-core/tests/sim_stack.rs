@@ -1,7 +1,9 @@
 //! The shared stack on a simulated cluster: real node containers, the real
-//! loader, kube-rs over HTTP to the in-memory API. Checks ordering, readiness
-//! and the fail-fast path.
+//! loader, kube-rs over HTTPS to the pinned toolchain's real control plane,
+//! the node agent in place of kubelets. Checks ordering, readiness and the
+//! fail-fast path.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use infra_core::cluster::spec::ClusterSpec;
@@ -24,9 +26,10 @@ struct SimCluster {
 }
 
 impl SimCluster {
-    async fn start(engine: &Engine, prefix: &str) -> SimCluster {
+    async fn start(engine: &Engine, bin: PathBuf, prefix: &str) -> SimCluster {
         let dirs = tempfile::tempdir().unwrap();
         let options = ClusterOptions {
+            toolchain_bin: Some(bin),
             kubeconfig_dir: dirs.path().join("kube"),
             state_dir: dirs.path().join("state"),
             log_dir: testing::log_dir(),
@@ -115,10 +118,13 @@ async fn the_shared_stack_deploys_in_order_and_becomes_ready_on_sim() {
     let Some(engine) = testing::engine(test).await else {
         return;
     };
+    let Some(bin) = testing::toolchain_bin(test).await else {
+        return;
+    };
     let Some(image) = stand_in_image(&engine, test).await else {
         return;
     };
-    let sim = SimCluster::start(&engine, "stack").await;
+    let sim = SimCluster::start(&engine, bin, "stack").await;
     let cluster = sim.cluster();
     load_image_to_kind(&engine, &image.reference, &cluster.name)
         .await
@@ -162,7 +168,10 @@ async fn a_deployment_whose_image_was_not_loaded_fails_fast_with_err_image_never
     let Some(engine) = testing::engine(test).await else {
         return;
     };
-    let sim = SimCluster::start(&engine, "neverpull").await;
+    let Some(bin) = testing::toolchain_bin(test).await else {
+        return;
+    };
+    let sim = SimCluster::start(&engine, bin, "neverpull").await;
     let client = sim.cluster().client().await.unwrap();
     let applier = Applier::new(client.clone(), "stack-test");
     let ns = "neverpull";
@@ -205,7 +214,10 @@ async fn manifests_are_applied_crds_and_namespaces_first_whatever_their_order() 
     let Some(engine) = testing::engine(test).await else {
         return;
     };
-    let sim = SimCluster::start(&engine, "order").await;
+    let Some(bin) = testing::toolchain_bin(test).await else {
+        return;
+    };
+    let sim = SimCluster::start(&engine, bin, "order").await;
     let client = sim.cluster().client().await.unwrap();
     let applier = Applier::new(client.clone(), "order-test")
         .with_labels([("io.kind-e2e.run-id".to_string(), "run-1".to_string())].into())

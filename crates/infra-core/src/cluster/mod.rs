@@ -88,6 +88,9 @@ pub struct ClusterOptions {
     pub kind_wait: Duration,
     /// The `kind` binary (the pinned toolchain's); `kind` on PATH if `None`.
     pub kind_program: Option<PathBuf>,
+    /// The pinned toolchain's `bin/`: the sim's control plane runs its etcd,
+    /// kube-apiserver, kube-controller-manager and kube-scheduler.
+    pub toolchain_bin: Option<PathBuf>,
     /// The node image of kind clusters whose spec names none: the offline
     /// image ([`node_image`]) where it is built, kind's default otherwise.
     pub node_image: Option<String>,
@@ -110,6 +113,7 @@ impl Default for ClusterOptions {
             sim_server: SimServer::InProcess,
             kind_wait: Duration::from_secs(120),
             kind_program: None,
+            toolchain_bin: None,
             node_image: None,
         }
     }
@@ -265,18 +269,7 @@ pub async fn create(
     })?;
     let (nodes, sim) = match provider {
         Provider::Kind => (create_kind(engine, spec, &kubeconfig, options).await?, None),
-        Provider::Sim => {
-            sim::create(
-                engine,
-                spec,
-                &kubeconfig,
-                &options.state_dir,
-                &options.sim_server,
-                &options.labels,
-                &options.log_dir,
-            )
-            .await?
-        }
+        Provider::Sim => sim::create(engine, spec, &kubeconfig, options).await?,
     };
     Ok(Cluster {
         name: spec.name.clone(),
@@ -484,14 +477,7 @@ pub async fn export_logs(
                 .await?;
         }
         Provider::Sim => {
-            let server_log = options
-                .state_dir
-                .join("sim")
-                .join(&cluster.name)
-                .join("server.log");
-            if server_log.exists() {
-                let _ = std::fs::copy(&server_log, dir.join("sim-api-server.log"));
-            }
+            sim::export_logs(&options.state_dir, &cluster.name, dir);
             for node in &cluster.nodes {
                 let log = node::container_log_tail(engine, &node.name).await;
                 let _ = std::fs::write(dir.join(format!("{}-containerd.log", node.name)), log);
@@ -499,6 +485,18 @@ pub async fn export_logs(
         }
     }
     Ok(())
+}
+
+/// Whether the API server of the kubeconfig at `path` answers `/version`
+/// within 5 s (through the kubeconfig's own address, CA and credentials).
+pub async fn api_answers(path: &Path) -> bool {
+    let Ok(client) = client_from_kubeconfig(path).await else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await,
+        Ok(Ok(_))
+    )
 }
 
 /// A kube-rs client from a kubeconfig file.

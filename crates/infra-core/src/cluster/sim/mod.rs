@@ -1,32 +1,38 @@
-//! The simulated cluster, for machines without kind: real containerd node
-//! containers (kind's names and labels, so the real loader fills them) plus
-//! kube-sim's in-memory Kubernetes API on 127.0.0.1, whose simulated kubelet
-//! asks the nodes' containerd which images they hold. **It never runs
-//! containers**: a pod is "ready" when every image it needs from the nodes is
-//! there. It checks that manifests are valid, ordered and reference images
-//! that were really loaded, in seconds.
+//! The simulated cluster, for machines where kind nodes cannot boot (or to
+//! rehearse a setup in seconds): real containerd node containers (kind's
+//! names and labels, so the real loader fills them), the pinned toolchain's
+//! real control plane on 127.0.0.1 ([`control_plane`]: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler), and a node agent ([`agent`])
+//! in place of the kubelets. **No container ever runs**: a pod is "ready"
+//! when every image it needs is in its node's containerd. Manifests are
+//! validated, admitted, defaulted, scheduled and reconciled by the real
+//! components; only what a kubelet would do is simulated.
 //!
-//! The API server lives either in the creating process ([`SimServer::InProcess`],
-//! for tests) or in a detached process ([`SimServer::Detached`]) that outlives
-//! the command that created it, like a kind cluster: it is stopped by
-//! [`delete`]. Its state (spec, URL, pid, log) is in `<state_dir>/<cluster>/`.
+//! The control plane and agent live either in the creating process
+//! ([`SimServer::InProcess`], for tests) or in a detached supervisor process
+//! ([`SimServer::Detached`]) that outlives the command that created it, like
+//! a kind cluster: it is stopped by [`delete`]. Its state (spec, URL, pid,
+//! logs, certificates, etcd data) is in `<state_dir>/sim/<cluster>/`.
 
-use std::collections::{HashMap, HashSet};
+pub mod agent;
+pub mod control_plane;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::node::{
     NodeSpec, ensure_node_image, node_specs, remove_node_containers, start_node_containers,
 };
 use super::spec::ClusterSpec;
-use super::{ClusterError, write_private};
+use super::{ClusterError, ClusterOptions, write_private};
 use crate::engine::Engine;
-use crate::load::nodes::{K8S_NAMESPACE, KindNode};
+use crate::load::nodes::KindNode;
+
+/// How long a detached supervisor may take to report its control plane up
+/// (the API server's own readiness wait is 90 s of it).
+const DETACHED_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Label marking node containers of a simulated cluster.
 pub const PROVIDER_LABEL: &str = "io.kind-e2e.provider";
@@ -42,16 +48,16 @@ pub enum SimServer {
     Detached { program: PathBuf, args: Vec<String> },
 }
 
-/// The in-process server, kept alive by the cluster handle.
+/// The in-process control plane and agent, kept alive by the cluster handle.
 pub struct SimHandle {
-    server: Option<kube_sim::ApiServer>,
+    plane: control_plane::ControlPlane,
+    agent: tokio::task::JoinHandle<()>,
 }
 
 impl SimHandle {
     pub(crate) async fn shutdown(mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
+        self.agent.abort();
+        self.plane.stop().await;
     }
 }
 
@@ -62,41 +68,14 @@ struct SimState {
     engine_endpoint: String,
     nodes: Vec<(String, String)>,
     kubeconfig: PathBuf,
+    /// The toolchain's `bin/` holding the control plane's binaries.
+    bin: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ServerInfo {
     url: String,
     pid: u32,
-}
-
-/// kube-sim's view of the nodes' images: `ctr images ls -q` in each node.
-struct EngineProbe {
-    engine: Engine,
-}
-
-impl kube_sim::ImageProbe for EngineProbe {
-    fn images<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<HashSet<String>, String>> {
-        async move {
-            let namespace = format!("--namespace={K8S_NAMESPACE}");
-            let output = self
-                .engine
-                .exec(node, &["ctr", &namespace, "images", "ls", "-q"])
-                .await
-                .map_err(|e| crate::error_chain(&e))?;
-            if !output.success() {
-                return Err(format!("ctr images ls on {node}: {}", output.tail(3)));
-            }
-            Ok(output
-                .stdout
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect())
-        }
-        .boxed()
-    }
 }
 
 fn cluster_dir(state_dir: &Path, cluster: &str) -> PathBuf {
@@ -109,12 +88,22 @@ pub(crate) async fn create(
     engine: &Engine,
     spec: &ClusterSpec,
     kubeconfig: &Path,
-    state_dir: &Path,
-    server: &SimServer,
-    labels: &HashMap<String, String>,
-    log_dir: &Path,
+    options: &ClusterOptions,
 ) -> Result<(Vec<KindNode>, Option<SimHandle>), ClusterError> {
-    let node_image = ensure_node_image(engine, log_dir).await?;
+    let state_dir = options.state_dir.as_path();
+    let bin = match &options.toolchain_bin {
+        Some(bin) => bin.clone(),
+        None => {
+            return Err(ClusterError::Sim {
+                cluster: spec.name.clone(),
+                problem: "it runs the pinned toolchain's control plane, and no toolchain is \
+                          built: run `cargo xtask toolchain build` first"
+                    .into(),
+            });
+        }
+    };
+    control_plane::check_binaries(&spec.name, &bin)?;
+    let node_image = ensure_node_image(engine, &options.log_dir).await?;
     let mut specs = node_specs(&spec.name, spec.workers);
     for node in &mut specs {
         node.mounts = spec
@@ -131,12 +120,21 @@ pub(crate) async fn create(
             source,
         })?;
     }
-    let mut labels = labels.clone();
+    let mut labels = options.labels.clone();
     labels.insert(PROVIDER_LABEL.into(), "sim".into());
     let nodes =
         start_node_containers(engine, &node_image.reference, &spec.name, &specs, &labels).await?;
 
-    let started = start_server(engine, spec, &specs, kubeconfig, state_dir, server).await;
+    let started = start_server(
+        engine,
+        spec,
+        &specs,
+        kubeconfig,
+        state_dir,
+        &bin,
+        &options.sim_server,
+    )
+    .await;
     match started {
         Ok(handle) => Ok((nodes, handle)),
         Err(error) => {
@@ -154,6 +152,7 @@ async fn start_server(
     nodes: &[NodeSpec],
     kubeconfig: &Path,
     state_dir: &Path,
+    bin: &Path,
     server: &SimServer,
 ) -> Result<Option<SimHandle>, ClusterError> {
     let state = SimState {
@@ -164,12 +163,14 @@ async fn start_server(
             .map(|n| (n.name.clone(), n.role.clone()))
             .collect(),
         kubeconfig: absolute(kubeconfig),
+        bin: absolute(bin),
     };
     match server {
         SimServer::InProcess => {
-            let api = start_api(engine.clone(), &state).await?;
-            write_private(kubeconfig, &api.kubeconfig())?;
-            Ok(Some(SimHandle { server: Some(api) }))
+            let dir = cluster_dir(state_dir, &spec.name);
+            let handle = start_api(engine.clone(), &state, &dir).await?;
+            write_private(kubeconfig, &handle.plane.kubeconfig())?;
+            Ok(Some(handle))
         }
         SimServer::Detached { program, args } => {
             spawn_detached(program, args, &state, state_dir).await?;
@@ -178,26 +179,31 @@ async fn start_server(
     }
 }
 
-async fn start_api(engine: Engine, state: &SimState) -> Result<kube_sim::ApiServer, ClusterError> {
+/// Starts the control plane in `dir` and the node agent against it.
+async fn start_api(
+    engine: Engine,
+    state: &SimState,
+    dir: &Path,
+) -> Result<SimHandle, ClusterError> {
+    let plane = control_plane::ControlPlane::start(&state.cluster, &state.bin, dir).await?;
+    let client = match plane.client().await {
+        Ok(client) => client,
+        Err(error) => {
+            let mut plane = plane;
+            plane.stop().await;
+            return Err(error);
+        }
+    };
     let nodes = state
         .nodes
         .iter()
-        .map(|(name, role)| kube_sim::SimNode {
+        .map(|(name, role)| agent::AgentNode {
             name: name.clone(),
             role: role.clone(),
         })
         .collect();
-    let config = kube_sim::SimConfig::new(
-        state.cluster.clone(),
-        nodes,
-        Arc::new(EngineProbe { engine }),
-    );
-    kube_sim::ApiServer::start(config)
-        .await
-        .map_err(|e| ClusterError::Sim {
-            cluster: state.cluster.clone(),
-            problem: crate::error_chain(&e),
-        })
+    let agent = tokio::spawn(agent::run(client, engine, nodes));
+    Ok(SimHandle { plane, agent })
 }
 
 async fn spawn_detached(
@@ -234,7 +240,7 @@ async fn spawn_detached(
         what: format!("starting the sim API server `{}`", program.display()),
         source,
     })?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + DETACHED_START_TIMEOUT;
     loop {
         if let Ok(info) = read_server_info(&dir)
             && info.pid == child.id()
@@ -255,7 +261,8 @@ async fn spawn_detached(
             return Err(ClusterError::Sim {
                 cluster: state.cluster.clone(),
                 problem: format!(
-                    "the API server did not start within 20s; its log:\n{}",
+                    "the control plane did not start within {}s; its log:\n{}",
+                    DETACHED_START_TIMEOUT.as_secs(),
                     log_tail(&dir)
                 ),
             });
@@ -296,10 +303,10 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
             cluster: state.cluster.clone(),
             problem: format!("engine {} does not answer: {why}", state.engine_endpoint),
         })?;
-    let api = start_api(engine.clone(), &state).await?;
-    write_private(&state.kubeconfig, &api.kubeconfig())?;
+    let mut handle = start_api(engine.clone(), &state, state_dir).await?;
+    write_private(&state.kubeconfig, &handle.plane.kubeconfig())?;
     let info = ServerInfo {
-        url: api.url(),
+        url: handle.plane.url().to_string(),
         pid: std::process::id(),
     };
     let tmp = state_dir.join("server.json.tmp");
@@ -310,7 +317,7 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
             source,
         })?;
     eprintln!(
-        "sim API server for cluster {} at {} (pid {}); no container ever runs here",
+        "sim control plane for cluster {} at {} (supervisor pid {}); no container ever runs here",
         state.cluster, info.url, info.pid
     );
 
@@ -339,13 +346,38 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
             }
         }
     };
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("a SIGHUP handler");
+    let plane_exited = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Some(why) = handle.plane.exited() {
+                return why;
+            }
+        }
+    };
     tokio::select! {
         _ = term.recv() => eprintln!("SIGTERM: stopping"),
+        _ = hup.recv() => eprintln!("SIGHUP: stopping"),
         _ = tokio::signal::ctrl_c() => eprintln!("SIGINT: stopping"),
         () = orphaned => eprintln!("node {control_plane} is gone: stopping"),
+        why = plane_exited => eprintln!("{why}\nstopping"),
     }
-    api.shutdown().await;
+    handle.shutdown().await;
     Ok(())
+}
+
+/// Copies the supervisor's and each control-plane process's log into `dir`
+/// as `sim-supervisor.log` and `sim-<process>.log` (best effort).
+pub(crate) fn export_logs(state_dir: &Path, cluster: &str, dir: &Path) {
+    let from = cluster_dir(state_dir, cluster);
+    let _ = std::fs::copy(from.join("server.log"), dir.join("sim-supervisor.log"));
+    for name in control_plane::BINARIES {
+        let _ = std::fs::copy(
+            from.join(format!("{name}.log")),
+            dir.join(format!("sim-{name}.log")),
+        );
+    }
 }
 
 /// The detached server of the cluster whose state is in `dir`, if it is
