@@ -11,8 +11,9 @@ use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
-    /// Create a cluster: kind (the real one) or sim (containerd nodes and an
-    /// in-memory API; runs no containers).
+    /// Create a cluster: kind (the real one) or sim (containerd nodes, the
+    /// real control plane on the host, a node agent instead of kubelets;
+    /// runs no containers).
     Create(CreateArgs),
     /// Delete a cluster, whatever made it (succeeds if it does not exist).
     Delete(DeleteArgs),
@@ -124,8 +125,8 @@ async fn default_provider() -> Result<Provider> {
     } else {
         bail!(
             "kind was not found: build the pinned toolchain (`cargo xtask toolchain build` and \
-             `cargo xtask node-image build`) or install kind; or use the simulated cluster: \
-             --provider sim (it runs no containers)"
+             `cargo xtask node-image build`) or install kind; or, with the toolchain built, use \
+             the simulated cluster: --provider sim (it runs no containers)"
         )
     }
 }

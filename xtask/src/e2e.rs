@@ -106,8 +106,9 @@ async fn provider(given: Option<Provider>, service: &str) -> Result<Provider> {
         None if crate::toolchain::kind_available().await => Ok(Provider::Kind),
         None => bail!(
             "kind was not found: build the pinned toolchain (`cargo xtask toolchain build` and \
-             `cargo xtask node-image build`) or install kind (https://kind.sigs.k8s.io); or \
-             rehearse on the simulated cluster: cargo xtask e2e {service} --cluster sim"
+             `cargo xtask node-image build`) or install kind (https://kind.sigs.k8s.io); or, \
+             with the toolchain built, rehearse on the simulated cluster: cargo xtask e2e \
+             {service} --cluster sim"
         ),
     }
 }

@@ -1,8 +1,9 @@
 //! Clusters: one interface, two providers.
 //!
 //! - [`kind`]: the real thing, through the `kind` CLI;
-//! - [`sim`]: containerd node containers plus an in-memory API server, for
-//!   machines without kind (it never runs containers).
+//! - [`sim`]: containerd node containers, the pinned toolchain's real control
+//!   plane on the host and a node agent in place of kubelets, for machines
+//!   where kind nodes cannot boot (it never runs containers).
 //!
 //! Both give a [`Cluster`]: a name, a kubeconfig path (written 0600), the node
 //! containers (found by kind's labels, so the loader works on either), and
@@ -194,7 +195,7 @@ pub enum ClusterError {
     )]
     Exists { cluster: String, provider: Provider },
 
-    #[error("cluster {cluster}: the simulated API server failed: {problem}")]
+    #[error("sim cluster {cluster}: {problem}")]
     Sim { cluster: String, problem: String },
 
     #[error(
@@ -298,8 +299,9 @@ async fn reuse(
             if sim::api_url(&options.state_dir, name).is_none() || !kubeconfig.exists() {
                 return Err(ClusterError::Sim {
                     cluster: name.to_string(),
-                    problem: "its node containers exist but its API server is not running (a sim \
-                              cluster's API lives in memory): delete and recreate it"
+                    problem: "its node containers exist but its control plane is not running (it \
+                              lives as long as the process that supervised it): delete and \
+                              recreate it"
                         .into(),
                 });
             }

@@ -37,7 +37,7 @@ const DETACHED_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Label marking node containers of a simulated cluster.
 pub const PROVIDER_LABEL: &str = "io.kind-e2e.provider";
 
-/// Where the simulated API server runs.
+/// Where the sim's control plane and node agent run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SimServer {
     /// In this process; the cluster's API goes away with the [`super::Cluster`]
@@ -237,7 +237,7 @@ async fn spawn_detached(
     // take the cluster down with it.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = command.spawn().map_err(|source| ClusterError::Io {
-        what: format!("starting the sim API server `{}`", program.display()),
+        what: format!("starting the sim supervisor `{}`", program.display()),
         source,
     })?;
     let deadline = tokio::time::Instant::now() + DETACHED_START_TIMEOUT;
