@@ -171,8 +171,8 @@ async fn runs(
             run + 1,
             cold.seconds,
             warm.seconds,
-            samples.stream_load.last().unwrap(),
-            samples.archive_load.last().unwrap()
+            samples.stream_load.last().copied().unwrap_or_default(),
+            samples.archive_load.last().copied().unwrap_or_default()
         );
         clear_node_images(engine, cluster).await?;
         engine.remove_image(&cold.reference).await?;

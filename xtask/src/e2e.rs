@@ -216,8 +216,8 @@ async fn cancel_on_ctrl_c(cancel: CancellationToken) {
     }
 }
 
-/// Adds "build <crate> suite" (compiles the suite while the environment comes
-/// up) and "test <service>" (runs it once everything else is done).
+/// Adds `build <crate> suite` (compiles the suite while the environment comes
+/// up) and `test <service>` (runs it once everything else is done).
 fn add_suite(setup: &mut Setup, env_file: &SuiteEnvFile, suite_crate: &str) {
     let executable: Arc<OnceLock<PathBuf>> = Arc::default();
     let everything = setup.all_tasks();
@@ -244,7 +244,10 @@ fn add_suite(setup: &mut Setup, env_file: &SuiteEnvFile, suite_crate: &str) {
             env_file
                 .write(&ctx)
                 .map_err(|e| TaskError::msg(format!("writing {}: {e}", env_file.path.display())))?;
-            let binary = executable.get().expect("the suite was compiled").clone();
+            let binary = executable
+                .get()
+                .ok_or_else(|| TaskError::msg("the suite was not compiled"))?
+                .clone();
             run_suite(&binary, &env_file.path, &ctx.run_dir).await
         },
     );

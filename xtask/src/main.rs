@@ -81,7 +81,13 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("E2E_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async {
         match cli.command {
             Command::E2e(args) => e2e::e2e(args).await,
@@ -113,6 +119,10 @@ fn main() -> ExitCode {
 }
 
 /// The workspace's root folder (xtask lives one level below it).
+#[allow(
+    clippy::expect_used,
+    reason = "xtask's manifest folder is inside the workspace"
+)]
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -39,7 +39,11 @@ impl Progress {
     /// Clears the spinners (before printing the report).
     pub fn finish(&self) {
         if let Some((multi, bars)) = &self.bars {
-            for (_, bar) in bars.lock().expect("not poisoned").drain() {
+            for (_, bar) in bars
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .drain()
+            {
                 bar.finish_and_clear();
             }
             let _ = multi.clear();
@@ -48,6 +52,7 @@ impl Progress {
 }
 
 impl Observer for Progress {
+    #[allow(clippy::expect_used, reason = "a constant, valid template")]
     fn started(&self, task: &str, _kind: TaskKind) {
         match &self.bars {
             Some((multi, bars)) => {
@@ -59,7 +64,7 @@ impl Observer for Progress {
                 bar.set_message(task.to_string());
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bars.lock()
-                    .expect("not poisoned")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(task.to_string(), bar);
             }
             None => self.line(&format!("start  {task}")),
@@ -87,7 +92,10 @@ impl Observer for Progress {
 impl Progress {
     fn remove(&self, task: &str) {
         if let Some((_, bars)) = &self.bars
-            && let Some(bar) = bars.lock().expect("not poisoned").remove(task)
+            && let Some(bar) = bars
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(task)
         {
             bar.finish_and_clear();
         }

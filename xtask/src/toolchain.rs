@@ -114,7 +114,7 @@ pub async fn run_node_image(command: NodeImageCommand) -> Result<()> {
             let endpoint = infra_core::engine::default_endpoints()
                 .into_iter()
                 .find(|e| !e.contains("podman"))
-                .expect("Docker's socket is a default endpoint");
+                .ok_or_else(|| anyhow::anyhow!("no Docker socket among the default endpoints"))?;
             Engine::connect_to(&endpoint)
                 .await
                 .map_err(|why| anyhow::anyhow!("Docker at {endpoint} does not answer: {why}"))?

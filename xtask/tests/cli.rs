@@ -6,6 +6,12 @@
 //! folder). Tests that use DataStorage's cluster (fixed name and host ports)
 //! take a lock so they run one at a time.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

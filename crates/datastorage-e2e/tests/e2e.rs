@@ -7,6 +7,12 @@
 //! migrations ran, the NodePorts are the ones Kind maps. The rest talk to the
 //! running service and are skipped, saying why, on the simulated cluster.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::time::Duration;
 
 use bytes::Bytes;

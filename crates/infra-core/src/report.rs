@@ -64,11 +64,13 @@ impl RunReport {
     }
 
     /// The JSON contract, one line.
+    #[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report serialises")
     }
 
     /// Writes `report.json` into `dir`.
+    #[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
     pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("report.json");

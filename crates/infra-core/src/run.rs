@@ -259,6 +259,7 @@ pub struct SuiteEnvFile {
 
 impl SuiteEnvFile {
     /// Writes the file with the images built in this run.
+    #[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
     pub fn write(&self, context: &SetupContext) -> std::io::Result<()> {
         let mut env = self.template.clone();
         env.images = context

@@ -5,6 +5,12 @@
 //! early on `None`: on a machine without one it prints why it skipped; under
 //! `CI=true` it fails instead, because CI installs and starts both engines.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test helpers: a failure is the calling test's failure"
+)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -310,6 +310,7 @@ fn cached(cache: &Path, digest: &str) -> Option<Toolchain> {
 
 /// Builds the toolchain (or finds it in the cache). `progress` gets one line
 /// per step.
+#[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
 pub async fn build(
     source: &Path,
     cache: &Path,

@@ -1,6 +1,11 @@
 //! `build_image_for_kind` against the real engines `.ci/run` starts: Docker by
 //! default, and Podman through its Docker-compatible socket.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
 use std::path::Path;
 use std::time::Duration;
 

@@ -3,6 +3,12 @@
 //! xtask node-image build`; `.ci/run` builds both). Without them each test
 //! prints why it skips; under `CI=true` it fails.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::time::{Duration, Instant};
 
 use infra_core::cluster::node_image::OfflineKind;

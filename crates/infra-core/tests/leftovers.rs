@@ -2,6 +2,12 @@
 //! service's runs left behind and nothing else, not even containers made from
 //! that service's images.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::collections::HashMap;
 
 use bollard::models::ContainerCreateBody;

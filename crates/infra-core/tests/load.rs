@@ -1,6 +1,11 @@
 //! `load_image_to_kind` into real containerd node containers labelled like a
 //! Kind cluster's, on the engines `.ci/run` starts.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
 use infra_core::load::nodes::image_ids_on_node;
 use infra_core::testing::{self, TestCluster};
 use infra_core::{Engine, LoadError, LoadMethod, load_image_to_kind, load_image_to_kind_with};

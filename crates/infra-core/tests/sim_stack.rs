@@ -3,6 +3,12 @@
 //! the node agent in place of kubelets. Checks ordering, readiness and the
 //! fail-fast path.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -70,6 +70,10 @@ struct KindMount {
 /// Renders `spec` as a kind `Cluster` config (kind.x-k8s.io/v1alpha4). Host
 /// paths are made absolute against `base` (kind resolves relative paths
 /// against its own working directory, which is easy to get wrong).
+#[allow(
+    clippy::expect_used,
+    reason = "a kind config is plain data: serialising cannot fail"
+)]
 pub fn render_config(spec: &ClusterSpec, base: &Path) -> String {
     let node = |role: &'static str| KindNodeConfig {
         role,

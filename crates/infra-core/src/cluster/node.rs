@@ -92,6 +92,7 @@ pub fn node_specs(cluster: &str, workers: usize) -> Vec<NodeSpec> {
 
 /// Builds (or finds, by its content-addressed tag) the node image from the
 /// host's containerd, ctr, shim and runc and their shared libraries.
+#[allow(clippy::expect_used, reason = "re-raises a panic of the blocking task")]
 pub async fn ensure_node_image(engine: &Engine, log_dir: &Path) -> Result<BuiltImage, NodeError> {
     let staging = tempfile::Builder::new()
         .prefix("e2e-node-image-")
@@ -111,6 +112,7 @@ pub async fn ensure_node_image(engine: &Engine, log_dir: &Path) -> Result<BuiltI
     Ok(build_image_for_kind(engine, &config).await?)
 }
 
+#[allow(clippy::expect_used, reason = "absolute paths have parents")]
 fn stage_node_files(root: &Path) -> Result<(), NodeError> {
     let staging = |path: &Path| {
         let path = path.to_path_buf();

@@ -530,6 +530,7 @@ async fn copy_tree(from: &Path, to: &Path) -> Result<(), NodeImageError> {
 
 /// Puts our files, the binaries and the version into the rootfs, masks units
 /// a container has no use for and enables containerd and kubelet.
+#[allow(clippy::expect_used, reason = "walkdir yields paths inside its root")]
 fn assemble(
     root: &Path,
     files: &Path,
@@ -677,6 +678,7 @@ async fn build_preload(
 /// Starts the host's containerd on the rootfs's `/var/lib/containerd`,
 /// streams each image from the engine into it (not unpacked: the node's CRI
 /// unpacks on first use), names it as kubeadm expects and pins it.
+#[allow(clippy::expect_used, reason = "stdin is piped just above")]
 async fn preload_into(
     engine: &Engine,
     root: &Path,

@@ -240,7 +240,12 @@ impl Applier {
         &self,
         gvk: &GroupVersionKind,
     ) -> Result<(ApiResource, ApiCapabilities), DeployError> {
-        if let Some(found) = self.kinds.lock().expect("not poisoned").get(gvk) {
+        if let Some(found) = self
+            .kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(gvk)
+        {
             return Ok(found.clone());
         }
         let found = kube::discovery::pinned_kind(&self.client, gvk)
@@ -267,7 +272,7 @@ impl Applier {
             })?;
         self.kinds
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(gvk.clone(), found.clone());
         Ok(found)
     }

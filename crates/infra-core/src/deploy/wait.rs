@@ -125,7 +125,9 @@ pub async fn wait_ready(client: &kube::Client, target: &Target) -> Result<(), Wa
         loop {
             match watch_ready(client, target).await {
                 Err(WaitError::Watch { message, .. }) => {
-                    *last_watch_error.lock().expect("not poisoned") = Some(message);
+                    *last_watch_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 other => return other,
@@ -138,7 +140,7 @@ pub async fn wait_ready(client: &kube::Client, target: &Target) -> Result<(), Wa
         failure = failing => Err(failure),
         () = tokio::time::sleep(target.timeout) => {
             let mut state = describe(client, target).await;
-            if let Some(error) = last_watch_error.lock().expect("not poisoned").take() {
+            if let Some(error) = last_watch_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
                 state.push_str(&format!("; last watch error: {error}"));
             }
             let diagnostics = diagnostics_for_selector(client, &target.namespace, &selector).await;

@@ -51,6 +51,10 @@ pub async fn build_image_for_kind(
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "re-raises a panic of the context producer; re-raises a panic of the blocking task"
+)]
 async fn build_once(engine: &Engine, config: &E2eImageConfig) -> Result<BuiltImage, ImageError> {
     let started = Instant::now();
     config.validate()?;
@@ -224,7 +228,7 @@ fn reference_lock(key: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
         LazyLock::new(Default::default);
     LOCKS
         .lock()
-        .expect("lock map is never poisoned")
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .entry(key.to_string())
         .or_default()
         .clone()
@@ -321,13 +325,20 @@ impl Drop for CancelledBuildGuard {
                 tracing::warn!("removing a cancelled build's working containers: {e}");
             }
         });
-        PENDING_CLEANUPS.lock().expect("not poisoned").push(cleanup);
+        PENDING_CLEANUPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(cleanup);
     }
 }
 
 /// Waits (at most 15 s) for the removal of cancelled builds' leftovers.
 pub async fn finish_cancelled_builds() {
-    let pending: Vec<_> = std::mem::take(&mut *PENDING_CLEANUPS.lock().expect("not poisoned"));
+    let pending: Vec<_> = std::mem::take(
+        &mut *PENDING_CLEANUPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     for cleanup in pending {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(15), cleanup).await;
     }

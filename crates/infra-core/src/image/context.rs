@@ -89,6 +89,7 @@ pub struct DigestInputs<'a> {
 impl BuildContext {
     /// Walks `root`, applying its `.dockerignore`. `dockerfile` is relative to
     /// `root`; it and `.dockerignore` are always sent, as Docker does.
+    #[allow(clippy::expect_used, reason = "walkdir yields paths inside its root")]
     pub fn scan(root: &Path, dockerfile: &Path) -> Result<BuildContext, ContextError> {
         if !root.is_dir() {
             return Err(ContextError::NotADirectory(root.to_path_buf()));

@@ -192,10 +192,18 @@ pub async fn rootfs(
 struct WorkDir(Option<tempfile::TempDir>);
 
 impl WorkDir {
+    #[allow(
+        clippy::expect_used,
+        reason = "present until kept, and keeping consumes it"
+    )]
     fn path(&self) -> &Path {
         self.0.as_ref().expect("present until kept").path()
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "present until kept, and keeping consumes it"
+    )]
     fn keep(mut self) -> PathBuf {
         self.0.take().expect("present until kept").keep()
     }
@@ -321,6 +329,7 @@ async fn with_config(
 }
 
 /// `root` as a tar into the engine as `reference`, with no config.
+#[allow(clippy::expect_used, reason = "stdout is piped just above")]
 async fn import_plain(engine: &Engine, root: &Path, reference: &str) -> Result<(), DebianError> {
     let import_error = |problem: String| DebianError::Import {
         reference: reference.to_string(),
@@ -384,6 +393,10 @@ pub fn base_reference() -> String {
 /// The plain Debian base image (minbase, no extra packages) other offline
 /// images start `FROM`: `localhost/kind-e2e/debian:<suite>-<digest12>`,
 /// imported once per engine.
+#[allow(
+    clippy::expect_used,
+    reason = "the reference is built with a tag just above"
+)]
 pub async fn base_image(
     engine: &Engine,
     cache: &Path,

@@ -328,6 +328,7 @@ impl Execution {
 /// Runs `plan` under `pattern`. Returns when every task has finished, or after
 /// the first failure or `cancel` has stopped the tasks in flight (they are
 /// aborted: their futures are dropped, which ends their engine requests).
+#[allow(clippy::expect_used, reason = "the executor starts each task once")]
 pub async fn execute<C: Send + Sync + 'static>(
     plan: Plan<C>,
     pattern: Pattern,

@@ -96,14 +96,18 @@ impl SetupContext {
 
     /// The image built by the task named `build <image>`.
     pub fn image(&self, key: &str) -> Option<BuiltImage> {
-        self.images.lock().expect("not poisoned").get(key).cloned()
+        self.images
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
     }
 
     /// Every image built so far, by key.
     pub fn images(&self) -> BTreeMap<String, BuiltImage> {
         self.images
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
@@ -196,7 +200,7 @@ impl Setup {
                 let outcome = Outcome::cached(built.cached).note(built.reference.clone());
                 ctx.images
                     .lock()
-                    .expect("not poisoned")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(stored, built);
                 Ok(outcome)
             },
@@ -228,7 +232,7 @@ impl Setup {
                     .note(format!("{}: {provenance}", built.reference));
                 ctx.images
                     .lock()
-                    .expect("not poisoned")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(stored, built);
                 Ok(outcome)
             },
@@ -285,6 +289,10 @@ impl Setup {
     }
 
     /// Loads `image` into every node of the cluster.
+    #[allow(
+        clippy::expect_used,
+        reason = "a recipe bug, found while the plan is declared, before anything exists"
+    )]
     pub fn load(&mut self, image: &ImageTask) -> TaskId {
         let cluster = self
             .cluster
@@ -298,7 +306,9 @@ impl Setup {
                 let built = ctx
                     .image(&key)
                     .ok_or_else(|| TaskError::msg(format!("image {key} was not built")))?;
-                let cluster = ctx.cluster().expect("the cluster task ran");
+                let cluster = ctx
+                    .cluster()
+                    .ok_or_else(|| TaskError::msg("the cluster task did not run"))?;
                 let report = load_image_to_kind_with(
                     &ctx.engine,
                     &built.reference,
@@ -361,7 +371,9 @@ impl Setup {
                     .await
                     .map_err(|e| TaskError::new(&e))?;
                 let note = format!("{} objects", applied.len());
-                *slot.lock().expect("not poisoned") = Some(component);
+                *slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(component);
                 Ok(Outcome::done().note(note))
             },
         );
@@ -372,9 +384,9 @@ impl Setup {
             move |ctx: Arc<SetupContext>| async move {
                 let component = made
                     .lock()
-                    .expect("not poisoned")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .take()
-                    .expect("the deploy task stored its component");
+                    .ok_or_else(|| TaskError::msg("the deploy task stored no component"))?;
                 if component.ready.is_empty() {
                     return Ok(Outcome::done().note("nothing to wait for"));
                 }

@@ -47,6 +47,10 @@ pub enum MigrationError {
 }
 
 /// Reads every `*.sql` file of `dir`, in numeric order of their prefixes.
+#[allow(
+    clippy::expect_used,
+    reason = "load_migrations lists files, which have names"
+)]
 pub fn load_migrations(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
     let read = |source| MigrationError::Read {
         dir: dir.to_path_buf(),
@@ -87,6 +91,7 @@ pub fn load_migrations(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
 }
 
 /// Parses one goose file.
+#[allow(clippy::expect_used, reason = "a constant, valid regex")]
 pub fn parse_migration(file: &str, text: &str) -> Result<Migration, MigrationError> {
     let invalid = |problem: &str| MigrationError::Invalid {
         file: file.to_string(),

@@ -40,6 +40,10 @@ impl Component {
 }
 
 /// Builds a [`DynamicObject`] from a JSON literal.
+#[allow(
+    clippy::expect_used,
+    reason = "the stack's manifests are built in code and covered by its tests"
+)]
 pub(crate) fn object(value: serde_json::Value) -> DynamicObject {
     serde_json::from_value(value).expect("stack manifests are valid objects")
 }

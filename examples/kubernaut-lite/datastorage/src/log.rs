@@ -23,7 +23,7 @@ pub fn line(msg: &str, fields: Map<String, Value>) {
     let _ = out.flush();
 }
 
-/// [`line`] with string fields.
+/// [`line()`] with string fields.
 pub fn event(msg: &str, fields: &[(&str, &str)]) {
     line(
         msg,

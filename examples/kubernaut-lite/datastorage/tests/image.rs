@@ -2,6 +2,12 @@
 //! Dockerfile with the example as context; then the container against a
 //! throwaway PostgreSQL server.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 mod common;
 
 use common::http::{get, post, wait_for_status, wait_until};

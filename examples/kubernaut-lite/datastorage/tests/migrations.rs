@@ -1,5 +1,10 @@
 //! The example's goose migrations: naming, parsing, order and re-application.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
 mod common;
 
 use common::migrations::{self, sections, strip_concurrently};

@@ -1,5 +1,10 @@
 //! The real `datastorage` binary against a real PostgreSQL server.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
 mod common;
 
 use common::http::{self, get, post, wait_for_status, wait_until};

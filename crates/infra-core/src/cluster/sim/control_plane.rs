@@ -283,6 +283,7 @@ impl ControlPlane {
         Ok(())
     }
 
+    #[allow(unsafe_code, reason = "pre_exec: a child must die with its supervisor")]
     fn spawn(
         &mut self,
         bin: &Path,
@@ -344,6 +345,7 @@ impl ControlPlane {
         })
     }
 
+    #[allow(clippy::expect_used, reason = "a constant, valid request")]
     async fn wait_ready(&mut self) -> Result<(), ClusterError> {
         let client = self.client().await?;
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;

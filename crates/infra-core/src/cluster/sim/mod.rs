@@ -11,7 +11,7 @@
 //! The control plane and agent live either in the creating process
 //! ([`SimServer::InProcess`], for tests) or in a detached supervisor process
 //! ([`SimServer::Detached`]) that outlives the command that created it, like
-//! a kind cluster: it is stopped by [`delete`]. Its state (spec, URL, pid,
+//! a kind cluster: it is stopped by [`delete`](super::delete). Its state (spec, URL, pid,
 //! logs, certificates, etcd data) is in `<state_dir>/sim/<cluster>/`.
 
 pub mod agent;
@@ -44,7 +44,7 @@ pub enum SimServer {
     /// handle (or the process).
     InProcess,
     /// In a detached process started as `program args... --state <dir>`, which
-    /// must call [`serve`]; it lives until [`delete`].
+    /// must call [`serve`]; it lives until [`delete`](super::delete).
     Detached { program: PathBuf, args: Vec<String> },
 }
 
@@ -206,6 +206,7 @@ async fn start_api(
     Ok(SimHandle { plane, agent })
 }
 
+#[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
 async fn spawn_detached(
     program: &Path,
     args: &[String],
@@ -286,6 +287,7 @@ fn log_tail(dir: &Path) -> String {
 /// Runs the API server of a detached sim cluster until SIGTERM or SIGINT, or
 /// until its control-plane node container disappears. This is the body of the
 /// process [`SimServer::Detached`] starts.
+#[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
 pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
     let text = std::fs::read_to_string(state_dir.join("spec.json")).map_err(|source| {
         ClusterError::Io {
@@ -321,8 +323,15 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
         state.cluster, info.url, info.pid
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler");
+    let handler = |kind, name: &str| {
+        tokio::signal::unix::signal(kind).map_err(|source| ClusterError::Io {
+            what: format!("installing the {name} handler of the sim supervisor"),
+            source,
+        })
+    };
+    use tokio::signal::unix::SignalKind;
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut hup = handler(SignalKind::hangup(), "SIGHUP")?;
     let control_plane = state
         .nodes
         .iter()
@@ -346,8 +355,6 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
             }
         }
     };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .expect("a SIGHUP handler");
     let plane_exited = async {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
