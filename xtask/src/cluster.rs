@@ -68,7 +68,20 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
                 args.name, args.workers
             );
             let spec = ClusterSpec::new(&args.name).workers(args.workers);
-            let created = cluster::create(&engine, provider, &spec, &options).await?;
+            let _lock = lock(&options, &args.name).await?;
+            let existed = cluster::find(&engine, &args.name).await?.is_some();
+            let created = tokio::select! {
+                created = cluster::create(&engine, provider, &spec, &options) => created?,
+                Some(signal) = crate::signals::next() => {
+                    // The creation is dropped (its kind process killed); what
+                    // it made so far goes, unless the cluster was there before.
+                    eprintln!("{signal}: stopping; removing what was created");
+                    if !existed {
+                        cluster::delete(&engine, &args.name, &options).await?;
+                    }
+                    bail!("interrupted by {signal}; cluster {} was not created", args.name);
+                }
+            };
             if args.json {
                 println!(
                     "{}",
@@ -96,6 +109,7 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
             }
         }
         ClusterCommand::Delete(args) => {
+            let _lock = lock(&options, &args.name).await?;
             if cluster::delete(&engine, &args.name, &options).await? {
                 println!("deleted cluster {}", args.name);
             } else {
@@ -116,6 +130,16 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cluster's lock, so that no run is using it while it is created or
+/// deleted by hand.
+async fn lock(
+    options: &infra_core::cluster::ClusterOptions,
+    name: &str,
+) -> Result<infra_core::cluster::lock::ClusterLock> {
+    let owner = format!("cluster-command-{}", std::process::id());
+    Ok(infra_core::cluster::lock::acquire(&options.state_dir, name, &owner, false, |_| {}).await?)
 }
 
 /// kind when it is installed; otherwise an error pointing at `--provider sim`.

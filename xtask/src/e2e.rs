@@ -41,6 +41,10 @@ pub struct E2eArgs {
     /// Build every image from scratch (no cache).
     #[arg(long)]
     rebuild: bool,
+    /// When another run of this service is in progress, wait for it to
+    /// finish instead of failing at once.
+    #[arg(long)]
+    wait: bool,
     /// The repository the service crates read (Dockerfiles, migrations);
     /// defaults to the bundled example.
     #[arg(long, env = "E2E_REPO_ROOT")]
@@ -142,6 +146,7 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
         provider,
         keep_cluster: args.keep_cluster,
         reuse_cluster: args.reuse_cluster,
+        wait_for_cluster: args.wait,
         repo_root: repo_root(args.repo_root)?,
         runs_dir: crate::e2e_dir(),
         rebuild: args.rebuild,
@@ -166,7 +171,7 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
         }
     }
     let cancel = CancellationToken::new();
-    tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
+    tokio::spawn(cancel_on_signal(cancel.clone()));
     let progress = Progress::new();
     let outcome = run_once(&engine, service, options, &progress, cancel.clone()).await?;
     progress.finish();
@@ -201,17 +206,17 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
     })
 }
 
-/// First Ctrl-C: cancel and let the run clean up. Second: exit at once.
-async fn cancel_on_ctrl_c(cancel: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_err() {
+/// The first SIGINT (Ctrl-C), SIGTERM (what `timeout` and CI runners send)
+/// or SIGHUP (a closed terminal): cancel and let the run clean up. A second
+/// one: exit at once.
+async fn cancel_on_signal(cancel: CancellationToken) {
+    let Some(first) = crate::signals::next().await else {
         return;
-    }
-    eprintln!(
-        "\nCtrl-C: cancelling and removing what this run created (Ctrl-C again to exit at once)"
-    );
+    };
+    eprintln!("\n{first}: cancelling and removing what this run created (again to exit at once)");
     cancel.cancel();
-    if tokio::signal::ctrl_c().await.is_ok() {
-        eprintln!("second Ctrl-C: exiting without cleaning up");
+    if let Some(second) = crate::signals::next().await {
+        eprintln!("second signal ({second}): exiting without cleaning up");
         std::process::exit(130);
     }
 }
@@ -354,7 +359,7 @@ pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
     let engine = crate::toolchain::engine().await?;
     let repo_root = repo_root(args.repo_root)?;
     let cancel = CancellationToken::new();
-    tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
+    tokio::spawn(cancel_on_signal(cancel.clone()));
     let mut results: Vec<(Pattern, Vec<infra_core::report::RunReport>)> =
         args.patterns.iter().map(|p| (*p, Vec::new())).collect();
     for round in 0..args.runs {
@@ -369,6 +374,7 @@ pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
                 provider,
                 keep_cluster: false,
                 reuse_cluster: false,
+                wait_for_cluster: false,
                 repo_root: repo_root.clone(),
                 runs_dir: crate::e2e_dir(),
                 rebuild: args.cold,

@@ -20,6 +20,7 @@ mod e2e;
 mod image;
 mod progress;
 mod services;
+mod signals;
 mod toolchain;
 
 use std::path::PathBuf;
@@ -92,20 +93,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::E2e(args) => e2e::e2e(args).await,
             Command::Compare(args) => e2e::compare(args).await,
-            Command::Plan(args) => e2e::plan(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Down(args) => e2e::down(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Status(args) => e2e::status(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Plan(args) => interruptible(e2e::plan(args)).await,
+            Command::Down(args) => interruptible(e2e::down(args)).await,
+            Command::Status(args) => interruptible(e2e::status(args)).await,
+            // Creating a cluster deletes what it made on a signal itself.
             Command::Cluster(command) => cluster::run(command).await.map(|()| ExitCode::SUCCESS),
-            Command::Image(command) => image::run(command).await.map(|()| ExitCode::SUCCESS),
-            Command::Toolchain(command) => toolchain::run_toolchain(command)
-                .await
-                .map(|()| ExitCode::SUCCESS),
-            Command::NodeImage(command) => toolchain::run_node_image(command)
-                .await
-                .map(|()| ExitCode::SUCCESS),
-            Command::Bench(BenchCommand::Image(args)) => {
-                bench::image(args).await.map(|()| ExitCode::SUCCESS)
-            }
+            Command::Image(command) => interruptible(image::run(command)).await,
+            Command::Toolchain(command) => interruptible(toolchain::run_toolchain(command)).await,
+            Command::NodeImage(command) => interruptible(toolchain::run_node_image(command)).await,
+            Command::Bench(BenchCommand::Image(args)) => interruptible(bench::image(args)).await,
             Command::SimServe(args) => cluster::sim_serve(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
@@ -116,6 +112,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a command until it ends or a signal (SIGINT, SIGTERM, SIGHUP)
+/// arrives; then the command is dropped, which removes what it was making
+/// (temp files and folders are guards, child processes are killed on drop),
+/// an interrupted build's leftovers in the engine are waited for, and the
+/// exit status is 130.
+async fn interruptible(
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
+    let signal = tokio::select! {
+        result = command => return result.map(|()| ExitCode::SUCCESS),
+        Some(signal) = signals::next() => signal,
+    };
+    eprintln!("{signal}: stopped; removing what the command was making");
+    infra_core::image::finish_cancelled_builds().await;
+    Ok(ExitCode::from(130))
 }
 
 /// The workspace's root folder (xtask lives one level below it).

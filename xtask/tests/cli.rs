@@ -632,30 +632,28 @@ fn plan_shows_the_graph_under_a_pattern_and_what_would_be_built() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("standard, hybrid or pipelined"));
 }
 
-#[tokio::test]
-async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
-    let test = "ctrl_c_during_a_build_cancels_it_and_leaves_no_containers";
-    if !prerequisites(test, false).await {
-        return;
-    }
-    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
-    // A repository whose DataStorage build takes a minute.
-    let repo = repo_with_dockerfile(
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"60\"]\n",
-    );
+/// What an interrupted `e2e` run left: its exit status, its stderr, how long
+/// it took to stop after the signal, and its run folder.
+struct Interrupted {
+    status: std::process::ExitStatus,
+    stderr: String,
+    stopped_after: Duration,
+    run_dir: Option<PathBuf>,
+}
 
-    let cli = Cli::new();
-    // Its own process group, signalled as a whole like a terminal's Ctrl-C
-    // (the child processes it runs, cargo among them, get it too).
+/// Runs `xtask args` in its own process group, waits for a stderr line
+/// containing `marker`, waits `after`, signals the whole group (as a
+/// terminal's Ctrl-C, `timeout` or a closed terminal would: cargo and the
+/// suite get it too) and waits for the run to stop.
+fn interrupt(
+    cli: &Cli,
+    args: &[&str],
+    marker: &str,
+    after: Duration,
+    signal: nix::sys::signal::Signal,
+) -> Interrupted {
     let mut child = cli
-        .command(&[
-            "e2e",
-            "datastorage",
-            "--cluster",
-            "sim",
-            "--repo-root",
-            repo.path().to_str().unwrap(),
-        ])
+        .command(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .process_group(0)
@@ -673,50 +671,195 @@ async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
         }
     });
     let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !seen.contains("start  build kubernaut/datastorage") {
-        let line = lines_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("the build never started: {seen}"));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !seen.contains(marker) {
+        let Ok(line) = lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("never saw {marker:?}: {seen}");
+        };
         seen.push_str(&line);
         seen.push('\n');
     }
-    // Let the slow RUN step start, then interrupt like a terminal would.
-    std::thread::sleep(Duration::from_secs(3));
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    std::thread::sleep(after);
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "did not stop after Ctrl-C"
+            started.elapsed() < Duration::from_secs(90),
+            "did not stop within 90s of {signal}: {seen}"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    while let Ok(line) = lines_rx.try_recv() {
+    let stopped_after = started.elapsed();
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(2)) {
         seen.push_str(&line);
         seen.push('\n');
     }
-    assert!(!status.success(), "a cancelled run fails: {seen}");
-    assert!(seen.contains("cancelling"), "{seen}");
     eprintln!(
-        "stopped {:.1}s after Ctrl-C",
-        started.elapsed().as_secs_f64()
+        "{seen}\nstopped {:.1}s after {signal}",
+        stopped_after.as_secs_f64()
     );
+    let run_dir = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("run folder: "))
+        .map(PathBuf::from);
+    Interrupted {
+        status,
+        stderr: seen,
+        stopped_after,
+        run_dir,
+    }
+}
 
-    let engine = testing::engine(test).await.unwrap();
-    let containers = all_containers(&engine).await;
+/// Asserts that nothing of the `datastorage-e2e` sim cluster is left: node
+/// containers, the supervisor and control-plane processes, the kubeconfig
+/// and the state folder under `cli`'s HOME.
+async fn assert_nothing_left(cli: &Cli, engine: &infra_core::Engine) {
+    let containers = all_containers(engine).await;
     assert_eq!(
         node_containers_of(&containers, "datastorage-e2e"),
         0,
         "node containers left behind"
     );
+    let home = cli.home.path().to_string_lossy().to_string();
+    // Give a supervisor that is still stopping its control plane its 5s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| {
+                c.contains(&home)
+                    && (c.contains("sim-serve")
+                        || c.contains("kube-apiserver")
+                        || c.contains("etcd"))
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !cli.home
+            .path()
+            .join(".kube/datastorage-e2e-config")
+            .exists(),
+        "kubeconfig left behind"
+    );
+    assert!(
+        !cli.home
+            .path()
+            .join("state/kind-e2e/sim/datastorage-e2e")
+            .exists(),
+        "sim state left behind"
+    );
+}
+
+fn report_of(interrupted: &Interrupted) -> serde_json::Value {
+    let dir = interrupted
+        .run_dir
+        .as_ref()
+        .expect("the run folder is printed");
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_and_sighup_tear_down_like_ctrl_c_and_an_interrupted_run_is_never_ok() {
+    let test = "sigterm_and_sighup_tear_down_like_ctrl_c_and_an_interrupted_run_is_never_ok";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    let engine = testing::engine(test).await.unwrap();
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let args = ["e2e", "datastorage", "--cluster", "sim"];
+    use nix::sys::signal::Signal;
+    // SIGTERM (what `timeout` and CI runners send) once the cluster is up,
+    // while images load and the stack deploys.
+    let cli = Cli::new();
+    let run = interrupt(
+        &cli,
+        &args,
+        "done   create cluster datastorage-e2e",
+        Duration::ZERO,
+        Signal::SIGTERM,
+    );
+    assert!(!run.status.success(), "an interrupted run fails");
+    assert!(run.stderr.contains("SIGTERM: cancelling"), "{}", run.stderr);
+    let report = report_of(&run);
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["interrupted"], true);
+    assert_nothing_left(&cli, &engine).await;
+    assert!(run.stopped_after < Duration::from_secs(60));
+
+    // SIGHUP (a closed terminal) while the suite runs: the suite may well
+    // pass, the run still is not ok.
+    let cli = Cli::new();
+    let run = interrupt(
+        &cli,
+        &args,
+        "start  test datastorage-e2e",
+        Duration::ZERO,
+        Signal::SIGHUP,
+    );
+    assert!(
+        !run.status.success(),
+        "an interrupted run fails: {}",
+        run.stderr
+    );
+    let report = report_of(&run);
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["interrupted"], true);
+    assert_nothing_left(&cli, &engine).await;
+}
+
+#[tokio::test]
+async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
+    let test = "ctrl_c_during_a_build_cancels_it_and_leaves_no_containers";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    // A repository whose DataStorage build takes a minute.
+    let repo = repo_with_dockerfile(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"60\"]\n",
+    );
+    let cli = Cli::new();
+    // Let the slow RUN step start, then interrupt like a terminal would.
+    let run = interrupt(
+        &cli,
+        &[
+            "e2e",
+            "datastorage",
+            "--cluster",
+            "sim",
+            "--repo-root",
+            repo.path().to_str().unwrap(),
+        ],
+        "start  build kubernaut/datastorage",
+        Duration::from_secs(3),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    assert!(
+        !run.status.success(),
+        "a cancelled run fails: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("SIGINT: cancelling"), "{}", run.stderr);
+    assert_eq!(report_of(&run)["interrupted"], true);
+
+    let engine = testing::engine(test).await.unwrap();
+    assert_nothing_left(&cli, &engine).await;
+    let containers = all_containers(&engine).await;
     for container in containers {
         let command = container.command.clone().unwrap_or_default();
         assert!(
@@ -724,4 +867,64 @@ async fn ctrl_c_during_a_build_cancels_it_and_leaves_no_containers() {
             "build container left behind: {container:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_second_run_of_the_same_service_refuses_at_once_naming_the_first() {
+    let test = "a_second_run_of_the_same_service_refuses_at_once_naming_the_first";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    let engine = testing::engine(test).await.unwrap();
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let cli = Cli::new();
+    let args = ["e2e", "datastorage", "--cluster", "sim"];
+    let mut first = cli
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = first.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    while !seen.contains("start  create cluster datastorage-e2e") {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the first run never started: {seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let started = Instant::now();
+    let second = cli.run(&args);
+    let refused_in = started.elapsed();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains("another run is using cluster datastorage-e2e")
+            && stderr.contains(&format!("pid {}", first.id()))
+            && stderr.contains("--wait"),
+        "{stderr}"
+    );
+    assert!(
+        refused_in < Duration::from_secs(10),
+        "refused at once, not after {refused_in:?}"
+    );
+    // The first run is unharmed.
+    let status = first.wait().unwrap();
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(1)) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert!(status.success(), "the first run still passes: {seen}");
+    assert_nothing_left(&cli, &engine).await;
 }

@@ -24,6 +24,9 @@ pub struct RunReport {
     pub pattern: Pattern,
     pub cluster: ClusterRef,
     pub ok: bool,
+    /// A signal (Ctrl-C, SIGTERM, SIGHUP) cancelled the run: never ok.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     pub wall_seconds: f64,
     pub critical_path_seconds: f64,
     pub tasks: Vec<TaskRecord>,
@@ -39,6 +42,20 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Marks the run interrupted by a signal: not ok, whatever its tasks
+    /// did (a suite that exits 0 on SIGINT, or a signal after the last task,
+    /// must not pass).
+    pub fn mark_interrupted(&mut self) {
+        self.interrupted = true;
+        self.ok = false;
+        if self.failure.is_none() {
+            self.failure = Some((
+                "run".into(),
+                "interrupted by a signal; what the run created was removed unless kept".into(),
+            ));
+        }
+    }
+
     /// Builds the report of `execution`; `natural_deps` are the plan's
     /// pipelined dependencies (from `Plan::schedule(Pattern::Pipelined)`).
     pub fn new(
@@ -54,6 +71,7 @@ impl RunReport {
             pattern,
             cluster,
             ok: execution.ok(),
+            interrupted: execution.cancelled,
             wall_seconds: execution.wall_seconds,
             critical_path_seconds: length,
             tasks: execution.tasks.clone(),

@@ -94,6 +94,9 @@ pub struct RunOptions {
     pub keep_cluster: bool,
     /// Use the service's existing cluster if there is one.
     pub reuse_cluster: bool,
+    /// When another run holds the service's cluster, wait for it instead of
+    /// failing at once.
+    pub wait_for_cluster: bool,
     pub repo_root: PathBuf,
     /// Runs go to `<runs_dir>/<run-id>/`.
     pub runs_dir: PathBuf,
@@ -149,13 +152,36 @@ pub async fn run(
             .map_err(|e| setup_error(e.to_string()))?;
     }
 
+    // Own the cluster before anything is created: a second run of the same
+    // service must not build, create or tear down under the first one.
+    let spec = service.cluster_spec(&options.repo_root);
+    let _lock = crate::cluster::lock::acquire(
+        &options.cluster_options.state_dir,
+        &spec.name,
+        &run_id,
+        options.wait_for_cluster,
+        |holder| {
+            eprintln!(
+                "waiting for the run holding cluster {}{} to finish",
+                spec.name,
+                holder
+                    .map(|h| format!(" (pid {}, run {})", h.pid, h.run_id))
+                    .unwrap_or_default()
+            );
+        },
+    )
+    .await
+    .map_err(|e| {
+        let _ = std::fs::remove_dir_all(&run_dir);
+        setup_error(e.to_string())
+    })?;
+
     let mut cluster_options = options.cluster_options.clone();
     cluster_options.existing = if options.reuse_cluster {
         Existing::Reuse
     } else {
         Existing::Fail
     };
-    let spec = service.cluster_spec(&options.repo_root);
     let cluster_name = spec.name.clone();
     let mut setup = Setup::new();
     let cluster_task = setup.cluster(spec);
@@ -187,10 +213,11 @@ pub async fn run(
     );
     context.rebuild = options.rebuild;
     let shared = Arc::new(context);
+    let interrupted = cancel.clone();
     let execution = execute(plan, options.pattern, shared.clone(), observer, cancel).await;
     let mut context = Arc::try_unwrap(shared)
         .unwrap_or_else(|_| panic!("every task has finished, so nothing else holds the context"));
-    let report = RunReport::new(
+    let mut report = RunReport::new(
         service.name(),
         options.pattern,
         ClusterRef {
@@ -200,6 +227,9 @@ pub async fn run(
         &execution,
         &natural,
     );
+    if interrupted.is_cancelled() {
+        report.mark_interrupted();
+    }
     if let Some((task, message)) = &report.failure {
         let _ = std::fs::write(run_dir.join("error.txt"), format!("{task}: {message}\n"));
     }

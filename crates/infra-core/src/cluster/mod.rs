@@ -10,6 +10,7 @@
 //! [`delete`]. [`spec::ClusterSpec`] says what a service needs of its cluster.
 
 pub mod kind;
+pub mod lock;
 pub mod node;
 pub mod node_image;
 pub mod sim;
