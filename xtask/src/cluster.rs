@@ -1,5 +1,5 @@
-//! `cargo xtask cluster create|delete|list`, and the hidden `sim-serve` that
-//! is a simulated cluster's API server process.
+//! `cargo xtask cluster create|delete|list`, and the hidden `sim-serve`: the
+//! process that supervises a simulated cluster's control plane and node agent.
 
 use std::path::PathBuf;
 

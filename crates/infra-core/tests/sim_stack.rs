@@ -140,8 +140,13 @@ async fn the_shared_stack_deploys_in_order_and_becomes_ready_on_sim() {
 
     let started = Instant::now();
     let ns = "stack";
-    let pg = PostgresConfig::new(ns).node_port(30432);
-    let redis = RedisConfig::new(ns);
+    // Nothing runs on the sim, but every image must be on the nodes (as on
+    // kind without a registry): the loaded stand-in plays PostgreSQL and
+    // Redis here.
+    let mut pg = PostgresConfig::new(ns).node_port(30432);
+    pg.image = image.reference.clone();
+    let mut redis = RedisConfig::new(ns);
+    redis.image = image.reference.clone();
     let migrations = load_migrations(migrations_dir().path()).unwrap();
     let ds = DataStorageConfig::new(&image.reference, &pg, &redis).node_port(30081);
     for component in [

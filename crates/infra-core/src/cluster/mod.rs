@@ -429,7 +429,7 @@ pub async fn list(engine: &Engine) -> Result<Vec<ClusterSummary>, EngineError> {
 }
 
 /// Deletes the cluster called `name` whatever made it, with its kubeconfig
-/// (and, for sim, its API server and state). Returns whether anything existed.
+/// (and, for sim, its control plane and state). Returns whether anything existed.
 pub async fn delete(
     engine: &Engine,
     name: &str,
@@ -448,7 +448,7 @@ pub async fn delete(
     }
 }
 
-/// Deletes a cluster this process created, stopping its in-process server.
+/// Deletes a cluster this process created, stopping its in-process control plane.
 pub async fn delete_cluster(
     engine: &Engine,
     cluster: Cluster,
@@ -460,7 +460,8 @@ pub async fn delete_cluster(
 }
 
 /// Exports node-level logs (`kind export logs`) into `dir`; for sim clusters,
-/// the API server's log and each node's containerd log.
+/// the supervisor's and each control-plane process's log and each node's
+/// containerd log.
 pub async fn export_logs(
     engine: &Engine,
     cluster: &Cluster,

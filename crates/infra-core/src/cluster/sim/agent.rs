@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -44,40 +44,59 @@ const LEASE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long one `ctr images ls` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long one request to the API server may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A node the agent plays the kubelet of.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgentNode {
     pub name: String,
     /// `"control-plane"` or `"worker"`.
     pub role: String,
+    /// The node container's address on the engine's network: its
+    /// InternalIP (nothing listens on its kubelet port, so log requests the
+    /// API server proxies there are refused at once).
+    pub ip: String,
 }
 
-impl AgentNode {
-    fn ip(index: usize) -> String {
-        format!("172.18.0.{}", index + 2)
+/// Bounds one API request; a hung request must not stall the Leases.
+async fn bounded<T>(
+    request: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())),
     }
 }
 
-/// Runs the agent until the task is aborted.
+/// Runs the agent until the task is aborted. Problems it cannot fix go to
+/// stderr (the supervisor's log), once each.
 pub async fn run(client: kube::Client, engine: Engine, nodes: Vec<AgentNode>) {
-    let version = client
-        .apiserver_version()
+    let version = bounded(client.apiserver_version())
         .await
         .map(|v| v.git_version)
         .unwrap_or_else(|_| "v0.0.0".into());
-    for (index, node) in nodes.iter().enumerate() {
-        register(&client, &nodes, index, &version).await;
-        renew_lease(&client, &node.name).await;
-    }
     let leases = {
         let client = client.clone();
-        let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        let nodes = nodes.clone();
         tokio::spawn(async move {
+            let mut reported = HashSet::new();
             loop {
-                tokio::time::sleep(LEASE_INTERVAL).await;
-                for name in &names {
-                    renew_lease(&client, name).await;
+                // Registering again is cheap and brings back a Node deleted
+                // by hand, as a kubelet would.
+                for index in 0..nodes.len() {
+                    if let Err(e) = register(&client, &nodes, index, &version).await {
+                        report_once(&mut reported, format!("node {}: {e}", nodes[index].name));
+                    }
+                    if let Err(e) = renew_lease(&client, &nodes[index].name).await {
+                        report_once(
+                            &mut reported,
+                            format!("node {} Lease: {e}", nodes[index].name),
+                        );
+                    }
                 }
+                tokio::time::sleep(LEASE_INTERVAL).await;
             }
         })
     };
@@ -88,6 +107,8 @@ pub async fn run(client: kube::Client, engine: Engine, nodes: Vec<AgentNode>) {
         nodes,
         probed: HashMap::new(),
         deleting: HashMap::new(),
+        patched: HashMap::new(),
+        reported: HashSet::new(),
     };
     let (reader, writer) = reflector::store::<Pod>();
     let pods = Api::<Pod>::all(client);
@@ -107,7 +128,20 @@ pub async fn run(client: kube::Client, engine: Engine, nodes: Vec<AgentNode>) {
             },
             () = tokio::time::sleep(INTERVAL) => {}
         }
+        // Take every event already there before syncing once.
+        while let Some(Some(event)) = stream.next().now_or_never() {
+            if let Err(e) = event {
+                tracing::debug!("sim agent: pod watch: {e}");
+            }
+        }
         kubelet.sync(&reader.state()).await;
+    }
+}
+
+/// Prints a problem to stderr the first time it is seen.
+fn report_once(reported: &mut HashSet<String>, problem: String) {
+    if reported.insert(problem.clone()) {
+        eprintln!("sim node agent: {problem}");
     }
 }
 
@@ -152,7 +186,7 @@ fn node_object(nodes: &[AgentNode], index: usize) -> Value {
     })
 }
 
-fn node_status(index: usize, version: &str) -> Value {
+fn node_status(ip: &str, version: &str) -> Value {
     let now = Time(jiff::Timestamp::now());
     let capacity =
         json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
@@ -164,7 +198,7 @@ fn node_status(index: usize, version: &str) -> Value {
         "capacity": capacity,
         "allocatable": capacity,
         "addresses": [
-            {"type": "InternalIP", "address": AgentNode::ip(index)},
+            {"type": "InternalIP", "address": ip},
         ],
         "conditions": [
             condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
@@ -181,30 +215,36 @@ fn node_status(index: usize, version: &str) -> Value {
     }})
 }
 
-async fn register(client: &kube::Client, nodes: &[AgentNode], index: usize, version: &str) {
+/// Creates the Node if it is missing and reports its status (Ready, with a
+/// fresh heartbeat).
+async fn register(
+    client: &kube::Client,
+    nodes: &[AgentNode],
+    index: usize,
+    version: &str,
+) -> Result<(), String> {
     let api = Api::<Node>::all(client.clone());
     let name = &nodes[index].name;
-    match serde_json::from_value::<Node>(node_object(nodes, index)) {
-        Ok(node) => {
-            if let Err(e) = api.create(&PostParams::default(), &node).await {
-                tracing::debug!(node = %name, "sim agent: creating the Node: {e}");
-            }
+    if bounded(api.get_opt(name)).await?.is_none() {
+        let node = serde_json::from_value::<Node>(node_object(nodes, index))
+            .map_err(|e| format!("the Node object: {e}"))?;
+        match bounded(api.create(&PostParams::default(), &node)).await {
+            Ok(_) => {}
+            Err(e) if e.contains("already exists") => {}
+            Err(e) => return Err(format!("creating the Node: {e}")),
         }
-        Err(e) => tracing::warn!(node = %name, "sim agent: Node object: {e}"),
     }
-    if let Err(e) = api
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(node_status(index, version)),
-        )
-        .await
-    {
-        tracing::warn!(node = %name, "sim agent: Node status: {e}");
-    }
+    bounded(api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(node_status(&nodes[index].ip, version)),
+    ))
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("reporting the Node's status: {e}"))
 }
 
-async fn renew_lease(client: &kube::Client, node: &str) {
+async fn renew_lease(client: &kube::Client, node: &str) -> Result<(), String> {
     let api = Api::<Lease>::namespaced(client.clone(), "kube-node-lease");
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1",
@@ -217,9 +257,9 @@ async fn renew_lease(client: &kube::Client, node: &str) {
         },
     });
     let params = PatchParams::apply("kind-e2e-sim-agent").force();
-    if let Err(e) = api.patch(node, &params, &Patch::Apply(lease)).await {
-        tracing::debug!(%node, "sim agent: renewing the Lease: {e}");
-    }
+    bounded(api.patch(node, &params, &Patch::Apply(lease)))
+        .await
+        .map(|_| ())
 }
 
 /// What stops a container from starting, if anything.
@@ -227,10 +267,10 @@ async fn renew_lease(client: &kube::Client, node: &str) {
 enum Blocker {
     /// A volume's ConfigMap/Secret is missing: the pod stays ContainerCreating.
     Mount { message: String },
-    /// A local image is not on the node and may never be pulled.
+    /// The image is not on the node and may never be pulled.
     NeverPull { image: String },
-    /// A local image is not on the node and the pull would go to a registry.
-    PullFailed { image: String },
+    /// The kubelet would pull the image, and there is no registry.
+    PullFailed { image: String, why: String },
     /// An env reference is missing.
     Config { message: String },
 }
@@ -272,9 +312,32 @@ pub fn normalize_image(reference: &str) -> String {
     out
 }
 
-/// Whether a kubelet would only look on the node for this image.
-fn is_local(image: &str, pull_policy: &str) -> bool {
-    pull_policy == "Never" || image.starts_with("localhost/")
+/// What a kubelet without a registry does about one container's image: it
+/// never pulls under `Never`, always pulls under `Always` (the default for
+/// `:latest` and untagged images, as with kind, where a loaded `:latest`
+/// image needs `imagePullPolicy: IfNotPresent`), and pulls under
+/// `IfNotPresent` only when the node lacks it. Here every pull fails.
+fn image_blocker(image: &str, policy: &str, images: &HashSet<String>) -> Option<Blocker> {
+    let present = images.contains(&normalize_image(image));
+    let image = image.to_string();
+    match policy {
+        "Never" if present => None,
+        "Never" => Some(Blocker::NeverPull { image }),
+        "Always" => Some(Blocker::PullFailed {
+            image,
+            why: "imagePullPolicy is Always (the default for :latest and untagged images), so \
+                  the node pulls it even when loaded, and the sim cluster has no registry: set \
+                  imagePullPolicy: IfNotPresent or give the image a tag"
+                .into(),
+        }),
+        _ if present => None,
+        _ => Some(Blocker::PullFailed {
+            image,
+            why: "the image is not on the node and the sim cluster has no registry to pull it \
+                  from: load it into the cluster first"
+                .into(),
+        }),
+    }
 }
 
 /// The ConfigMaps and Secrets that exist, by namespace and name, with their keys.
@@ -282,6 +345,9 @@ fn is_local(image: &str, pull_policy: &str) -> bool {
 struct Refs {
     config_maps: HashMap<(String, String), HashSet<String>>,
     secrets: HashMap<(String, String), HashSet<String>>,
+    /// Namespaces whose lists failed: their pods wait for the next round
+    /// rather than being judged on missing data.
+    failed: HashSet<String>,
 }
 
 impl Refs {
@@ -382,17 +448,8 @@ fn blockers(pod: &Value, images: &HashSet<String>, refs: &Refs) -> Vec<(String, 
     containers(pod)
         .into_iter()
         .map(|(_, c)| {
-            let image = str_at(c, "/image").to_string();
-            let policy = str_at(c, "/imagePullPolicy");
-            let image_blocker = (is_local(&image, policy)
-                && !images.contains(&normalize_image(&image)))
-            .then(|| {
-                if policy == "Never" {
-                    Blocker::NeverPull { image }
-                } else {
-                    Blocker::PullFailed { image }
-                }
-            });
+            let image_blocker =
+                image_blocker(str_at(c, "/image"), str_at(c, "/imagePullPolicy"), images);
             let env = env_refs(c).into_iter().find_map(|(kind, name, key)| {
                 refs.missing(ns, kind, &name, key.as_deref())
                     .map(|message| Blocker::Config { message })
@@ -446,9 +503,9 @@ fn waiting(
             };
             ("ErrImageNeverPull".into(), msg, events)
         }
-        Some(Blocker::PullFailed { image }) => {
+        Some(Blocker::PullFailed { image, why }) => {
             if prev == "ErrImagePull" || prev == "ImagePullBackOff" {
-                let msg = format!("Back-off pulling image \"{image}\"");
+                let msg = format!("Back-off pulling image \"{image}\": {why}");
                 let events = if prev == "ImagePullBackOff" {
                     Vec::new()
                 } else {
@@ -456,11 +513,8 @@ fn waiting(
                 };
                 ("ImagePullBackOff".into(), msg, events)
             } else {
-                let detail = format!(
-                    "failed to pull and unpack image \"{image}\": the image is not on node {node} \
-                     and the sim cluster has no registry to pull it from (load it into the node, \
-                     or use imagePullPolicy: Never)"
-                );
+                let detail =
+                    format!("failed to pull and unpack image \"{image}\" on node {node}: {why}");
                 let events = vec![
                     (
                         "Warning",
@@ -591,15 +645,24 @@ fn held_status(
     (Some(json!({"status": status})), events)
 }
 
-/// The status of a started pod: Running and Ready, or Succeeded.
+/// The status of a started pod: Running and Ready (when its readiness gates
+/// allow), or Succeeded for run-to-completion pods. Init containers with
+/// `restartPolicy: Always` (native sidecars) keep running.
 fn started_status(pod: &Value, host_ip: &str, pod_ip: &str) -> Value {
     let now = Time(jiff::Timestamp::now());
     let policy = str_at(pod, "/spec/restartPolicy");
     let completes = !policy.is_empty() && policy != "Always";
     let done = json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}});
+    let running = json!({"running": {"startedAt": now}});
     let init: Vec<Value> = array_at(pod, "/spec/initContainers")
         .iter()
-        .map(|c| container_status(c, done.clone(), true, false))
+        .map(|c| {
+            if str_at(c, "/restartPolicy") == "Always" && !completes {
+                container_status(c, running.clone(), true, true)
+            } else {
+                container_status(c, done.clone(), false, false)
+            }
+        })
         .collect();
     let main: Vec<Value> = array_at(pod, "/spec/containers")
         .iter()
@@ -607,16 +670,30 @@ fn started_status(pod: &Value, host_ip: &str, pod_ip: &str) -> Value {
             if completes {
                 container_status(c, done.clone(), false, false)
             } else {
-                container_status(c, json!({"running": {"startedAt": now}}), true, true)
+                container_status(c, running.clone(), true, true)
             }
         })
         .collect();
-    let (phase, ready) = if completes {
-        ("Succeeded", false)
-    } else {
-        ("Running", true)
-    };
+    let gates_open = array_at(pod, "/spec/readinessGates").iter().all(|gate| {
+        let ty = str_at(gate, "/conditionType");
+        array_at(pod, "/status/conditions")
+            .iter()
+            .any(|c| str_at(c, "/type") == ty && str_at(c, "/status") == "True")
+    });
+    let phase = if completes { "Succeeded" } else { "Running" };
     let reason = completes.then_some("PodCompleted");
+    let ready = if completes {
+        condition("Ready", false, reason, None)
+    } else if gates_open {
+        condition("Ready", true, None, None)
+    } else {
+        condition(
+            "Ready",
+            false,
+            Some("ReadinessGatesNotReady"),
+            Some("the pod's readiness gates are not all True".into()),
+        )
+    };
     let mut status = json!({
         "phase": phase,
         "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
@@ -625,8 +702,8 @@ fn started_status(pod: &Value, host_ip: &str, pod_ip: &str) -> Value {
         "conditions": [
             condition("PodReadyToStartContainers", !completes, None, None),
             condition("Initialized", true, reason, None),
-            condition("Ready", ready, reason, None),
-            condition("ContainersReady", ready, reason, None),
+            ready,
+            condition("ContainersReady", !completes, reason, None),
             condition("PodScheduled", true, None, None),
         ],
         "containerStatuses": main,
@@ -637,6 +714,21 @@ fn started_status(pod: &Value, host_ip: &str, pod_ip: &str) -> Value {
     json!({"status": status})
 }
 
+fn resource_version(pod: &Pod) -> u64 {
+    pod.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 struct Kubelet {
     client: kube::Client,
     engine: Engine,
@@ -645,11 +737,21 @@ struct Kubelet {
     probed: HashMap<String, (Instant, HashSet<String>)>,
     /// Pods whose deletion was finished, by uid, and when.
     deleting: HashMap<String, Instant>,
+    /// The resourceVersion each pod's last status patch gave it, by uid: a
+    /// pod is not looked at again until the watch has caught up with it.
+    patched: HashMap<String, u64>,
+    /// Problems already printed.
+    reported: HashSet<String>,
 }
 
 impl Kubelet {
     async fn sync(&mut self, pods: &[Arc<Pod>]) {
         let mut pending = Vec::new();
+        let live: HashSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        self.patched.retain(|uid, _| live.contains(uid.as_str()));
         for pod in pods {
             let node = pod
                 .spec
@@ -659,6 +761,14 @@ impl Kubelet {
             let Some(index) = self.nodes.iter().position(|n| n.name == node) else {
                 continue;
             };
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if self
+                .patched
+                .get(&uid)
+                .is_some_and(|&rv| resource_version(pod) < rv)
+            {
+                continue;
+            }
             if pod.metadata.deletion_timestamp.is_some() {
                 self.finish_deletion(pod).await;
                 continue;
@@ -676,13 +786,25 @@ impl Kubelet {
             return;
         }
         let refs = self.refs(&pending).await;
-        let used: HashSet<String> = pods
+        // Addresses of pods that still hold one (a terminal pod's sandbox is gone).
+        let mut used: HashSet<String> = pods
             .iter()
+            .filter(|p| !is_terminal(p))
+            .filter(|p| {
+                !p.spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false)
+            })
             .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
             .collect();
-        let mut used = used;
         for (index, pod) in pending {
             let node = self.nodes[index].name.clone();
+            let host_ip = self.nodes[index].ip.clone();
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            if refs.failed.contains(&ns) {
+                continue;
+            }
             let Some(images) = self.images(&node).await else {
                 continue;
             };
@@ -691,12 +813,31 @@ impl Kubelet {
             };
             let blocked = blockers(&value, &images, &refs);
             if blocked.iter().all(|(_, b)| b.is_none()) {
-                let ip = (2..255)
-                    .map(|n| format!("10.244.{index}.{n}"))
-                    .find(|ip| !used.contains(ip))
-                    .unwrap_or_else(|| format!("10.244.{index}.254"));
+                let host_network = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false);
+                let ip = if host_network {
+                    host_ip.clone()
+                } else {
+                    let Some(ip) = (2..255)
+                        .map(|n| format!("10.244.{index}.{n}"))
+                        .find(|ip| !used.contains(ip))
+                    else {
+                        report_once(
+                            &mut self.reported,
+                            format!(
+                                "node {node} has no pod address left for {ns}/{}",
+                                pod.metadata.name.as_deref().unwrap_or_default()
+                            ),
+                        );
+                        continue;
+                    };
+                    ip
+                };
                 used.insert(ip.clone());
-                let status = started_status(&value, &AgentNode::ip(index), &ip);
+                let status = started_status(&value, &host_ip, &ip);
                 if self.patch_status(&pod, status).await {
                     let message = "Started container (the sim runs no container)".to_string();
                     for (_, c) in containers(&value) {
@@ -719,30 +860,42 @@ impl Kubelet {
         }
     }
 
-    async fn patch_status(&self, pod: &Pod, status: Value) -> bool {
+    /// A strategic merge of the pod's status (conditions merge by type, so
+    /// other writers' conditions stay); remembers the resourceVersion it gave.
+    async fn patch_status(&mut self, pod: &Pod, status: Value) -> bool {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let api = Api::<Pod>::namespaced(self.client.clone(), ns);
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        match bounded(api.patch_status(name, &PatchParams::default(), &Patch::Strategic(status)))
             .await
         {
-            Ok(_) => true,
+            Ok(patched) => {
+                if let Some(uid) = pod.metadata.uid.clone() {
+                    self.patched.insert(uid, resource_version(&patched));
+                }
+                true
+            }
             Err(e) => {
-                tracing::debug!(pod = %name, "sim agent: pod status: {e}");
+                report_once(
+                    &mut self.reported,
+                    format!("pod {ns}/{name}: status refused: {e}"),
+                );
                 false
             }
         }
     }
 
-    /// Deletes a terminating pod for good, as a kubelet does once its
-    /// containers are stopped (at most once every 5 s per pod).
+    /// Ends a terminating pod as a kubelet does once its containers are
+    /// stopped: a terminal phase (so a Job's finalizer is released), then a
+    /// delete with grace period 0 (at most once every 5 s per pod, and not
+    /// again once only finalizers hold it).
     async fn finish_deletion(&mut self, pod: &Pod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if self
-            .deleting
-            .get(&uid)
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+        if pod.metadata.deletion_grace_period_seconds == Some(0)
+            || self
+                .deleting
+                .get(&uid)
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
         {
             return;
         }
@@ -752,6 +905,19 @@ impl Kubelet {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let api = Api::<Pod>::namespaced(self.client.clone(), ns);
+        if !is_terminal(pod)
+            && pod
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+        {
+            let failed = json!({"status": {"phase": "Failed", "reason": "Terminated",
+                "message": "the pod was deleted"}});
+            let _ =
+                bounded(api.patch_status(name, &PatchParams::default(), &Patch::Strategic(failed)))
+                    .await;
+        }
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
@@ -760,8 +926,13 @@ impl Kubelet {
             }),
             ..DeleteParams::default()
         };
-        if let Err(e) = api.delete(name, &params).await {
-            tracing::debug!(pod = %name, "sim agent: finishing deletion: {e}");
+        if let Err(e) = bounded(api.delete(name, &params)).await
+            && !e.contains("not found")
+        {
+            report_once(
+                &mut self.reported,
+                format!("pod {ns}/{name}: finishing its deletion: {e}"),
+            );
         }
     }
 
@@ -809,35 +980,34 @@ impl Kubelet {
             .filter_map(|(_, p)| p.metadata.namespace.clone())
             .collect();
         for ns in namespaces {
-            if let Ok(list) = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
-                .list(&Default::default())
-                .await
-            {
-                for cm in list {
-                    let keys = cm
-                        .data
-                        .unwrap_or_default()
-                        .into_keys()
-                        .chain(cm.binary_data.unwrap_or_default().into_keys())
-                        .collect();
-                    refs.config_maps
-                        .insert((ns.clone(), cm.metadata.name.unwrap_or_default()), keys);
-                }
+            let config_maps = Api::<ConfigMap>::namespaced(self.client.clone(), &ns);
+            let secrets = Api::<Secret>::namespaced(self.client.clone(), &ns);
+            let (Ok(config_maps), Ok(secrets)) = (
+                bounded(config_maps.list(&Default::default())).await,
+                bounded(secrets.list(&Default::default())).await,
+            ) else {
+                refs.failed.insert(ns);
+                continue;
+            };
+            for cm in config_maps {
+                let keys = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_keys()
+                    .chain(cm.binary_data.unwrap_or_default().into_keys())
+                    .collect();
+                refs.config_maps
+                    .insert((ns.clone(), cm.metadata.name.unwrap_or_default()), keys);
             }
-            if let Ok(list) = Api::<Secret>::namespaced(self.client.clone(), &ns)
-                .list(&Default::default())
-                .await
-            {
-                for s in list {
-                    let keys = s
-                        .data
-                        .unwrap_or_default()
-                        .into_keys()
-                        .chain(s.string_data.unwrap_or_default().into_keys())
-                        .collect();
-                    refs.secrets
-                        .insert((ns.clone(), s.metadata.name.unwrap_or_default()), keys);
-                }
+            for s in secrets {
+                let keys = s
+                    .data
+                    .unwrap_or_default()
+                    .into_keys()
+                    .chain(s.string_data.unwrap_or_default().into_keys())
+                    .collect();
+                refs.secrets
+                    .insert((ns.clone(), s.metadata.name.unwrap_or_default()), keys);
             }
         }
         refs
@@ -899,9 +1069,11 @@ impl Kubelet {
             reporting_instance: Some(node.into()),
             ..Event::default()
         };
-        if let Err(e) = Api::<Event>::namespaced(self.client.clone(), &ns)
-            .create(&PostParams::default(), &event)
-            .await
+        if let Err(e) = bounded(
+            Api::<Event>::namespaced(self.client.clone(), &ns)
+                .create(&PostParams::default(), &event),
+        )
+        .await
         {
             tracing::debug!("sim agent: event: {e}");
         }
@@ -941,11 +1113,12 @@ mod tests {
     }
 
     #[test]
-    fn a_local_image_missing_from_the_node_blocks_with_never_pull_or_pull_failed() {
+    fn an_image_missing_from_the_node_blocks_and_always_pulls_fail_without_a_registry() {
         let p = pod(json!({"containers": [
             {"name": "a", "image": "localhost/x:1", "imagePullPolicy": "Never"},
             {"name": "b", "image": "localhost/y:1", "imagePullPolicy": "IfNotPresent"},
             {"name": "c", "image": "postgres:16", "imagePullPolicy": "IfNotPresent"},
+            {"name": "d", "image": "localhost/z:latest", "imagePullPolicy": "Always"},
         ]}));
         let b = blockers(&p, &images(&[]), &Refs::default());
         assert_eq!(
@@ -954,28 +1127,35 @@ mod tests {
                 image: "localhost/x:1".into()
             })
         );
-        assert_eq!(
-            b[1].1,
-            Some(Blocker::PullFailed {
-                image: "localhost/y:1".into()
-            })
+        assert!(matches!(&b[1].1, Some(Blocker::PullFailed { image, why })
+            if image == "localhost/y:1" && why.contains("load it")));
+        assert!(
+            matches!(&b[2].1, Some(Blocker::PullFailed { .. })),
+            "no image is assumed pullable: there is no registry"
         );
-        assert_eq!(b[2].1, None, "non-local images are assumed pullable");
-        let b = blockers(
-            &p,
-            &images(&["localhost/x:1", "localhost/y:1"]),
-            &Refs::default(),
+        let all = images(&[
+            "localhost/x:1",
+            "localhost/y:1",
+            "postgres:16",
+            "localhost/z:latest",
+        ]);
+        let b = blockers(&p, &all, &Refs::default());
+        assert!(b[..3].iter().all(|(_, b)| b.is_none()));
+        assert!(
+            matches!(&b[3].1, Some(Blocker::PullFailed { why, .. }) if why.contains("IfNotPresent")),
+            "Always pulls even a loaded image, as on kind: {:?}",
+            b[3].1
         );
-        assert!(b.iter().all(|(_, b)| b.is_none()));
     }
 
     #[test]
     fn missing_config_maps_and_secret_keys_block_like_a_kubelet() {
         let p = pod(json!({
             "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}],
-            "containers": [{"name": "a", "image": "x", "env": [
+            "containers": [{"name": "a", "image": "x:1", "env": [
                 {"name": "P", "valueFrom": {"secretKeyRef": {"name": "s", "key": "password"}}}]}],
         }));
+        let images = |_: &[&str]| images(&["x:1"]);
         let mut refs = Refs::default();
         let b = blockers(&p, &images(&[]), &refs);
         assert!(
@@ -1008,6 +1188,7 @@ mod tests {
             "a".to_string(),
             Some(Blocker::PullFailed {
                 image: "localhost/y:1".into(),
+                why: "no registry".into(),
             }),
         )];
         let (status, events) = held_status(&p, &blocked, "n");
@@ -1060,6 +1241,7 @@ mod tests {
         let one = vec![AgentNode {
             name: "c-control-plane".into(),
             role: "control-plane".into(),
+            ip: "10.89.0.2".into(),
         }];
         let v = node_object(&one, 0);
         assert!(labels_of(&v).contains_key("node-role.kubernetes.io/control-plane"));
@@ -1069,14 +1251,47 @@ mod tests {
             AgentNode {
                 name: "c-worker".into(),
                 role: "worker".into(),
+                ip: "10.89.0.3".into(),
             },
         ];
         let v = node_object(&two, 0);
         assert_eq!(v["spec"]["taints"][0]["effect"], "NoSchedule");
         assert!(serde_json::from_value::<Node>(node_object(&two, 1)).is_ok());
         assert_eq!(
-            node_status(1, "v1.34.4")["status"]["nodeInfo"]["kubeletVersion"],
+            node_status("10.89.0.3", "v1.34.4")["status"]["nodeInfo"]["kubeletVersion"],
             "v1.34.4"
+        );
+    }
+
+    #[test]
+    fn sidecars_keep_running_and_readiness_gates_hold_ready() {
+        let mut p = pod(json!({
+            "restartPolicy": "Always",
+            "readinessGates": [{"conditionType": "example.com/lb"}],
+            "initContainers": [
+                {"name": "setup", "image": "x:1"},
+                {"name": "proxy", "image": "x:1", "restartPolicy": "Always"},
+            ],
+            "containers": [{"name": "a", "image": "x:1"}],
+        }));
+        let s = started_status(&p, "10.89.0.2", "10.244.0.9");
+        let init = &s["status"]["initContainerStatuses"];
+        assert!(init[0]["state"]["terminated"].is_object());
+        assert!(init[1]["state"]["running"].is_object() && init[1]["ready"] == true);
+        let ready = |s: &Value| {
+            s["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .unwrap()["status"]
+                .clone()
+        };
+        assert_eq!(ready(&s), "False", "the gate is not True yet");
+        p["status"] = json!({"conditions": [{"type": "example.com/lb", "status": "True"}]});
+        assert_eq!(
+            ready(&started_status(&p, "10.89.0.2", "10.244.0.9")),
+            "True"
         );
     }
 }

@@ -5,9 +5,12 @@
 //!
 //! Every process's output goes to `<dir>/<name>.log`; the error of a process
 //! that exits or never becomes ready carries the tail of its log. The
-//! children die with their parent (`PR_SET_PDEATHSIG`) and are stopped by
-//! [`ControlPlane::stop`] (SIGTERM, then SIGKILL), so nothing outlives the
-//! cluster.
+//! children die with their parent (`PR_SET_PDEATHSIG`, which fires when the
+//! spawning thread ends: a runtime thread, which lives as long as the
+//! process) and are stopped by [`ControlPlane::stop`] (SIGTERM, then
+//! SIGKILL). A new control plane never reuses an earlier one's etcd data.
+//! etcd serves plain HTTP on 127.0.0.1 without authentication: the sim is
+//! for a single-user machine.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -159,6 +162,16 @@ impl ControlPlane {
             move |source| ClusterError::Io { what, source }
         };
         std::fs::create_dir_all(dir).map_err(io("creating the control plane folder"))?;
+        // A new cluster never starts on an earlier one's data (a folder left
+        // when its supervisor stopped on its own, or its nodes were removed
+        // by hand).
+        for stale in ["etcd", "apiserver-certs", "pki"] {
+            let path = dir.join(stale);
+            if path.exists() {
+                std::fs::remove_dir_all(&path)
+                    .map_err(io("removing the earlier cluster's data"))?;
+            }
+        }
         let pki = make_pki(cluster)
             .map_err(|e| sim_error(cluster, format!("making its certificates: {e}")))?;
         let pki_dir = dir.join("pki");
@@ -176,27 +189,39 @@ impl ControlPlane {
             &pki_dir.join("tokens.csv"),
             &format!("{token},kubernetes-admin,kubernetes-admin,system:masters\n"),
         )?;
-        let [etcd_client, etcd_peer, api_port] = free_ports().map_err(io("finding free ports"))?;
-        let url = format!("https://127.0.0.1:{api_port}");
-        let admin = dir.join("admin.kubeconfig");
-        write_private(&admin, &kubeconfig(cluster, &url, &pki.ca_cert, &token))?;
-
-        let mut plane = ControlPlane {
-            cluster: cluster.to_string(),
-            dir: dir.to_path_buf(),
-            url,
-            ca_pem: pki.ca_cert,
-            token,
-            children: Vec::new(),
-        };
-        let result = plane
-            .start_processes(bin, &pki_dir, &admin, etcd_client, etcd_peer, api_port)
-            .await;
-        match result {
-            Ok(()) => Ok(plane),
-            Err(error) => {
-                plane.stop().await;
-                Err(error)
+        // The ports are free when chosen but not held: another process may
+        // take one before etcd or the API server binds it. Then try again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let [etcd_client, etcd_peer, api_port] =
+                free_ports().map_err(io("finding free ports"))?;
+            let url = format!("https://127.0.0.1:{api_port}");
+            let admin = dir.join("admin.kubeconfig");
+            write_private(&admin, &kubeconfig(cluster, &url, &pki.ca_cert, &token))?;
+            let _ = std::fs::remove_dir_all(dir.join("etcd"));
+            let mut plane = ControlPlane {
+                cluster: cluster.to_string(),
+                dir: dir.to_path_buf(),
+                url,
+                ca_pem: pki.ca_cert.clone(),
+                token: token.clone(),
+                children: Vec::new(),
+            };
+            let result = plane
+                .start_processes(bin, &pki_dir, &admin, etcd_client, etcd_peer, api_port)
+                .await;
+            match result {
+                Ok(()) => return Ok(plane),
+                Err(error) => {
+                    plane.stop().await;
+                    let port_taken = ["etcd", "kube-apiserver"]
+                        .iter()
+                        .any(|name| plane.log_tail(name).contains("address already in use"));
+                    if !(port_taken && attempt < 3) {
+                        return Err(error);
+                    }
+                }
             }
         }
     }
@@ -249,7 +274,8 @@ impl ControlPlane {
                 format!("--service-account-signing-key-file={}", p("sa.key")),
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
-                // No kubelet serves logs or exec: the sim's pods never run.
+                // The `kubernetes` Service's endpoint would be 127.0.0.1,
+                // which Endpoints refuse; nothing in the cluster dials it.
                 "--endpoint-reconciler-type=none".into(),
                 format!("--cert-dir={}", self.dir.join("apiserver-certs").display()),
             ],
@@ -295,6 +321,12 @@ impl ControlPlane {
         let log = std::fs::File::create(&log_path)
             .map_err(io(format!("creating {}", log_path.display())))?;
         let mut command = Command::new(bin.join(name));
+        // etcd reads ETCD_* variables as flags and refuses a flag set twice.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(&key);
+            }
+        }
         command
             .args(&args)
             .stdin(std::process::Stdio::null())
@@ -320,7 +352,7 @@ impl ControlPlane {
     }
 
     /// The tail of one process's log.
-    fn log_tail(&self, name: &str) -> String {
+    pub fn log_tail(&self, name: &str) -> String {
         crate::engine::last_lines(
             &std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default(),
             15,
@@ -338,8 +370,7 @@ impl ControlPlane {
         }
         gone.map(|(name, status)| {
             format!(
-                "{name} exited ({status}); the end of {}:\n{}",
-                self.dir.join(format!("{name}.log")).display(),
+                "{name} exited ({status}); the end of its log:\n{}",
                 self.log_tail(name)
             )
         })
@@ -400,8 +431,8 @@ impl ControlPlane {
         &self.url
     }
 
-    /// SIGTERM to every process (scheduler first, etcd last), SIGKILL to any
-    /// still running after 5 s.
+    /// SIGTERM to every process at once, then waits for each (scheduler
+    /// first, etcd last), SIGKILL to any still running after 5 s.
     pub async fn stop(&mut self) {
         use nix::sys::signal::{Signal, kill};
         use nix::unistd::Pid;

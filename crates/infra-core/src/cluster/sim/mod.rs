@@ -17,22 +17,21 @@
 pub mod agent;
 pub mod control_plane;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::node::{
-    NodeSpec, ensure_node_image, node_specs, remove_node_containers, start_node_containers,
-};
+use super::node::{ensure_node_image, node_specs, remove_node_containers, start_node_containers};
 use super::spec::ClusterSpec;
 use super::{ClusterError, ClusterOptions, write_private};
 use crate::engine::Engine;
 use crate::load::nodes::KindNode;
 
 /// How long a detached supervisor may take to report its control plane up
-/// (the API server's own readiness wait is 90 s of it).
-const DETACHED_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// (the API server's readiness, 90 s at most, then the nodes', 60 s).
+const DETACHED_START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Label marking node containers of a simulated cluster.
 pub const PROVIDER_LABEL: &str = "io.kind-e2e.provider";
@@ -61,12 +60,20 @@ impl SimHandle {
     }
 }
 
+impl Drop for SimHandle {
+    /// A handle dropped without [`SimHandle::shutdown`] still ends the agent
+    /// (the control plane's processes are killed on drop).
+    fn drop(&mut self) {
+        self.agent.abort();
+    }
+}
+
 /// What the detached server needs to start, and what it reports back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SimState {
     cluster: String,
     engine_endpoint: String,
-    nodes: Vec<(String, String)>,
+    nodes: Vec<agent::AgentNode>,
     kubeconfig: PathBuf,
     /// The toolchain's `bin/` holding the control plane's binaries.
     bin: PathBuf,
@@ -124,11 +131,19 @@ pub(crate) async fn create(
     labels.insert(PROVIDER_LABEL.into(), "sim".into());
     let nodes =
         start_node_containers(engine, &node_image.reference, &spec.name, &specs, &labels).await?;
+    let mut agent_nodes = Vec::new();
+    for node in &specs {
+        agent_nodes.push(agent::AgentNode {
+            name: node.name.clone(),
+            role: node.role.clone(),
+            ip: container_ip(engine, &node.name).await,
+        });
+    }
 
     let started = start_server(
         engine,
         spec,
-        &specs,
+        agent_nodes,
         kubeconfig,
         state_dir,
         &bin,
@@ -149,7 +164,7 @@ pub(crate) async fn create(
 async fn start_server(
     engine: &Engine,
     spec: &ClusterSpec,
-    nodes: &[NodeSpec],
+    nodes: Vec<agent::AgentNode>,
     kubeconfig: &Path,
     state_dir: &Path,
     bin: &Path,
@@ -158,10 +173,7 @@ async fn start_server(
     let state = SimState {
         cluster: spec.name.clone(),
         engine_endpoint: engine.endpoint().to_string(),
-        nodes: nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.role.clone()))
-            .collect(),
+        nodes,
         kubeconfig: absolute(kubeconfig),
         bin: absolute(bin),
     };
@@ -179,7 +191,34 @@ async fn start_server(
     }
 }
 
-/// Starts the control plane in `dir` and the node agent against it.
+/// The node container's address on the engine's network ("" if it has none).
+async fn container_ip(engine: &Engine, name: &str) -> String {
+    let inspected = engine
+        .docker()
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await;
+    let Ok(container) = inspected else {
+        return String::new();
+    };
+    let settings = container.network_settings.unwrap_or_default();
+    settings
+        .networks
+        .unwrap_or_default()
+        .into_values()
+        .filter_map(|n| n.ip_address)
+        .find(|ip| !ip.is_empty())
+        .unwrap_or_default()
+}
+
+/// How long a new cluster may take to be usable once its API answers: its
+/// Nodes Ready without the not-ready taint, and `default/default` there.
+const USABLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts the control plane in `dir` and the node agent against it, and
+/// returns once the cluster is usable (as `kind create cluster --wait`).
 async fn start_api(
     engine: Engine,
     state: &SimState,
@@ -194,19 +233,91 @@ async fn start_api(
             return Err(error);
         }
     };
-    let nodes = state
-        .nodes
-        .iter()
-        .map(|(name, role)| agent::AgentNode {
-            name: name.clone(),
-            role: role.clone(),
-        })
-        .collect();
-    let agent = tokio::spawn(agent::run(client, engine, nodes));
-    Ok(SimHandle { plane, agent })
+    let agent = tokio::spawn(agent::run(client.clone(), engine, state.nodes.clone()));
+    let mut handle = SimHandle { plane, agent };
+    if let Err(error) = wait_usable(&client, &mut handle, state).await {
+        handle.shutdown().await;
+        return Err(error);
+    }
+    Ok(handle)
 }
 
-#[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
+async fn wait_usable(
+    client: &kube::Client,
+    handle: &mut SimHandle,
+    state: &SimState,
+) -> Result<(), ClusterError> {
+    use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+    let nodes = kube::Api::<Node>::all(client.clone());
+    let accounts = kube::Api::<ServiceAccount>::namespaced(client.clone(), "default");
+    let deadline = tokio::time::Instant::now() + USABLE_TIMEOUT;
+    loop {
+        if let Some(why) = handle.plane.exited() {
+            return Err(ClusterError::Sim {
+                cluster: state.cluster.clone(),
+                problem: why,
+            });
+        }
+        let listed =
+            tokio::time::timeout(Duration::from_secs(5), nodes.list(&Default::default())).await;
+        let usable_nodes: HashSet<String> = match listed {
+            Ok(Ok(list)) => list
+                .items
+                .into_iter()
+                .filter(|n| {
+                    let ready = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    let tainted =
+                        n.spec
+                            .as_ref()
+                            .and_then(|s| s.taints.as_ref())
+                            .is_some_and(|ts| {
+                                ts.iter().any(|t| t.key.starts_with("node.kubernetes.io/"))
+                            });
+                    ready && !tainted
+                })
+                .filter_map(|n| n.metadata.name)
+                .collect(),
+            _ => HashSet::new(),
+        };
+        let waiting: Vec<&str> = state
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .filter(|n| !usable_nodes.contains(*n))
+            .collect();
+        let account = matches!(
+            tokio::time::timeout(Duration::from_secs(5), accounts.get_opt("default")).await,
+            Ok(Ok(Some(_)))
+        );
+        if waiting.is_empty() && account {
+            return Ok(());
+        }
+        let missing = if waiting.is_empty() {
+            "the default ServiceAccount (made by kube-controller-manager)".into()
+        } else {
+            format!("nodes not Ready or still tainted: {}", waiting.join(", "))
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ClusterError::Sim {
+                cluster: state.cluster.clone(),
+                problem: format!(
+                    "not usable within {}s, still waiting for {missing}; the end of \
+                     kube-controller-manager's log:\n{}",
+                    USABLE_TIMEOUT.as_secs(),
+                    handle.plane.log_tail("kube-controller-manager")
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn spawn_detached(
     program: &Path,
     args: &[String],
@@ -241,6 +352,8 @@ async fn spawn_detached(
         what: format!("starting the sim supervisor `{}`", program.display()),
         source,
     })?;
+    // At once, so that a delete while it is still starting finds it.
+    let _ = std::fs::write(dir.join("supervisor.pid"), child.id().to_string());
     let deadline = tokio::time::Instant::now() + DETACHED_START_TIMEOUT;
     loop {
         if let Ok(info) = read_server_info(&dir)
@@ -252,17 +365,20 @@ async fn spawn_detached(
             return Err(ClusterError::Sim {
                 cluster: state.cluster.clone(),
                 problem: format!(
-                    "the API server process exited ({status}) before answering; its log:\n{}",
+                    "the sim supervisor exited ({status}) before its control plane was up; its \
+                     log:\n{}",
                     log_tail(&dir)
                 ),
             });
         }
         if tokio::time::Instant::now() >= deadline {
             let _ = child.kill();
+            let _ = child.wait();
             return Err(ClusterError::Sim {
                 cluster: state.cluster.clone(),
                 problem: format!(
-                    "the control plane did not start within {}s; its log:\n{}",
+                    "the control plane did not start within {}s (an overloaded machine? try \
+                     again); its log:\n{}",
                     DETACHED_START_TIMEOUT.as_secs(),
                     log_tail(&dir)
                 ),
@@ -284,9 +400,10 @@ fn log_tail(dir: &Path) -> String {
     )
 }
 
-/// Runs the API server of a detached sim cluster until SIGTERM or SIGINT, or
-/// until its control-plane node container disappears. This is the body of the
-/// process [`SimServer::Detached`] starts.
+/// Runs the control plane and node agent of a detached sim cluster until
+/// SIGTERM, SIGINT or SIGHUP, until its control-plane node container
+/// disappears, or until a control-plane process exits. This is the body of
+/// the process [`SimServer::Detached`] starts.
 #[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
 pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
     let text = std::fs::read_to_string(state_dir.join("spec.json")).map_err(|source| {
@@ -335,8 +452,8 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
     let control_plane = state
         .nodes
         .iter()
-        .find(|(_, role)| role == "control-plane")
-        .map(|(name, _)| name.clone())
+        .find(|n| n.role == "control-plane")
+        .map(|n| n.name.clone())
         .unwrap_or_default();
     let orphaned = async {
         loop {
@@ -393,7 +510,14 @@ pub(crate) fn export_logs(state_dir: &Path, cluster: &str, dir: &Path) {
 /// for it, let alone signalled.
 fn live_server(dir: &Path) -> Option<ServerInfo> {
     let info = read_server_info(dir).ok()?;
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", info.pid)).ok()?;
+    supervises(info.pid, dir).then_some(info)
+}
+
+/// Whether `pid` is alive and is the supervisor of the state folder `dir`.
+fn supervises(pid: u32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let args: Vec<String> = cmdline
         .split(|&b| b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -401,7 +525,19 @@ fn live_server(dir: &Path) -> Option<ServerInfo> {
     let serves_this = args
         .windows(2)
         .any(|pair| pair[0] == "--state" && Path::new(&pair[1]) == dir);
-    (serves_this && !is_zombie(info.pid as i32)).then_some(info)
+    serves_this && !is_zombie(pid as i32)
+}
+
+/// The supervisor of `dir`, running or still starting.
+fn live_supervisor(dir: &Path) -> Option<u32> {
+    let started = std::fs::read_to_string(dir.join("supervisor.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    let serving = read_server_info(dir).ok().map(|i| i.pid);
+    [serving, started]
+        .into_iter()
+        .flatten()
+        .find(|&pid| supervises(pid, dir))
 }
 
 /// The URL of `cluster`'s detached API server, if it is running.
@@ -419,35 +555,53 @@ pub(crate) async fn delete(
 ) -> Result<bool, ClusterError> {
     let dir = cluster_dir(state_dir, cluster);
     let mut existed = dir.exists();
-    if let Some(info) = live_server(&dir) {
-        stop_process(info.pid).await;
+    if let Some(pid) = live_supervisor(&dir) {
+        stop_process(pid).await;
     }
     existed |= remove_node_containers(engine, cluster).await? > 0;
     let _ = std::fs::remove_file(kubeconfig);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|source| ClusterError::Io {
-            what: format!("removing {}", dir.display()),
-            source,
-        })?;
+    // A process that was still writing into it may make one attempt fail.
+    for attempt in 1..=3 {
+        if !dir.exists() {
+            break;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => break,
+            Err(_) if attempt < 3 => tokio::time::sleep(Duration::from_millis(300)).await,
+            Err(source) => {
+                return Err(ClusterError::Io {
+                    what: format!("removing {}", dir.display()),
+                    source,
+                });
+            }
+        }
     }
     Ok(existed)
 }
 
-/// SIGTERM, then SIGKILL after 5 s.
+/// SIGTERM to the supervisor, which stops its control plane (within 20 s);
+/// then SIGKILL to its whole process group, and a wait until it is gone.
 async fn stop_process(pid: u32) {
-    use nix::sys::signal::{Signal, kill};
+    use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
     let pid = Pid::from_raw(pid as i32);
+    let gone = || kill(pid, None).is_err() || is_zombie(pid.as_raw());
     if kill(pid, Signal::SIGTERM).is_err() {
         return;
     }
-    for _ in 0..100 {
-        if kill(pid, None).is_err() || is_zombie(pid.as_raw()) {
+    for _ in 0..400 {
+        if gone() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = kill(pid, Signal::SIGKILL);
+    let _ = killpg(pid, Signal::SIGKILL);
+    for _ in 0..100 {
+        if gone() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A child that exited but was not reaped still answers signal 0.
