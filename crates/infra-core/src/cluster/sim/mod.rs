@@ -61,7 +61,7 @@ impl SimHandle {
 }
 
 impl Drop for SimHandle {
-    /// A handle dropped without [`SimHandle::shutdown`] still ends the agent
+    /// A handle dropped without `shutdown` still ends the agent
     /// (the control plane's processes are killed on drop).
     fn drop(&mut self) {
         self.agent.abort();
@@ -318,6 +318,7 @@ async fn wait_usable(
     }
 }
 
+#[allow(clippy::expect_used, reason = "plain data: serialising cannot fail")]
 async fn spawn_detached(
     program: &Path,
     args: &[String],
