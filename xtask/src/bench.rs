@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -25,10 +25,10 @@ use serde_json::json;
 #[derive(Args)]
 pub struct BenchImageArgs {
     /// Size of the image's payload in MiB (plus a static busybox).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = crate::positive)]
     size_mb: usize,
     /// Number of runs; medians are reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = crate::positive)]
     runs: usize,
     /// Number of worker nodes besides the control plane.
     #[arg(long, default_value_t = 1)]
@@ -46,6 +46,31 @@ struct Samples {
     archive_load: Vec<f64>,
 }
 
+/// The payload lands in a temp folder, the engine's image, its export and
+/// every node's containerd: refuse before writing anything when the disk
+/// cannot hold that.
+fn check_free_space(args: &BenchImageArgs) -> Result<()> {
+    let copies = (args.workers as u64 + 1) + 3;
+    let needed = (args.size_mb as u64).saturating_mul(copies) << 20;
+    for path in [std::env::temp_dir(), PathBuf::from("/var/lib")] {
+        let Ok(stat) = nix::sys::statvfs::statvfs(&path) else {
+            continue;
+        };
+        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        if free < needed {
+            bail!(
+                "--size-mb {} needs about {:.1} GiB free ({copies} copies of the payload), but {} \
+                 has {:.1} GiB: choose a smaller --size-mb or free some disk",
+                args.size_mb,
+                needed as f64 / f64::from(1u32 << 30),
+                path.display(),
+                free as f64 / f64::from(1u32 << 30)
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn image(args: BenchImageArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
@@ -56,6 +81,7 @@ pub async fn image(args: BenchImageArgs) -> Result<()> {
             "the benchmark image needs a static busybox at /bin/busybox: apt-get install busybox-static"
         );
     }
+    check_free_space(&args)?;
     let engine = crate::toolchain::engine().await?;
     let cluster = format!("bench-{}", std::process::id());
     eprintln!(

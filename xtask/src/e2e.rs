@@ -61,7 +61,7 @@ pub struct CompareArgs {
     #[arg(long)]
     cluster: Option<Provider>,
     /// Runs per pattern; medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true, value_parser = crate::positive)]
     runs: usize,
     /// The patterns to compare, comma-separated.
     #[arg(

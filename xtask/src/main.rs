@@ -81,6 +81,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("E2E_LOG"))
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never into logs and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -129,6 +131,20 @@ async fn interruptible(
     eprintln!("{signal}: stopped; removing what the command was making");
     infra_core::image::finish_cancelled_builds().await;
     Ok(ExitCode::from(130))
+}
+
+/// A count given on the command line: a whole number of at least 1 (negative
+/// numbers reach here, so the error says what to give, not clap's `-- -1`).
+pub fn positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => usize::try_from(n).map_err(|e| e.to_string()),
+        Ok(n) => Err(format!(
+            "{n} is not a count: give a whole number of at least 1"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not a whole number: give one of at least 1, e.g. 3"
+        )),
+    }
 }
 
 /// The workspace's root folder (xtask lives one level below it).

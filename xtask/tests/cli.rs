@@ -928,3 +928,27 @@ async fn a_second_run_of_the_same_service_refuses_at_once_naming_the_first() {
     assert!(status.success(), "the first run still passes: {seen}");
     assert_nothing_left(&cli, &engine).await;
 }
+
+#[test]
+fn bad_counts_and_a_benchmark_too_big_for_the_disk_fail_at_once_saying_what_to_give() {
+    let cli = Cli::new();
+    let negative = cli.run(&["compare", "datastorage", "--runs", "-1"]);
+    let stderr = String::from_utf8_lossy(&negative.stderr);
+    assert!(!negative.status.success());
+    assert!(
+        stderr.contains("-1 is not a count") && !stderr.contains("-- -1"),
+        "{stderr}"
+    );
+    let zero = cli.run(&["bench", "image", "--runs", "0"]);
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("at least 1"));
+    // Refused before a byte is written (it used to fill the disk first).
+    let started = Instant::now();
+    let huge = cli.run(&["bench", "image", "--size-mb", "99999999"]);
+    let stderr = String::from_utf8_lossy(&huge.stderr);
+    assert!(!huge.status.success());
+    assert!(
+        stderr.contains("needs about") && stderr.contains("choose a smaller --size-mb"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
