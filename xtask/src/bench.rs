@@ -56,7 +56,7 @@ fn check_free_space(args: &BenchImageArgs) -> Result<()> {
         let Ok(stat) = nix::sys::statvfs::statvfs(&path) else {
             continue;
         };
-        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        let free = stat.blocks_available() * stat.fragment_size();
         if free < needed {
             bail!(
                 "--size-mb {} needs about {:.1} GiB free ({copies} copies of the payload), but {} \
