@@ -325,3 +325,38 @@ spec:
     );
     sim.delete().await;
 }
+
+#[tokio::test]
+async fn a_host_port_in_use_is_named_before_anything_is_created() {
+    let test = "a_host_port_in_use_is_named_before_anything_is_created";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let Some(bin) = testing::toolchain_bin(test).await else {
+        return;
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dirs = tempfile::tempdir().unwrap();
+    let options = ClusterOptions {
+        toolchain_bin: Some(bin),
+        kubeconfig_dir: dirs.path().join("kube"),
+        state_dir: dirs.path().join("state"),
+        log_dir: testing::log_dir(),
+        sim_server: SimServer::InProcess,
+        ..ClusterOptions::default()
+    };
+    let spec = ClusterSpec::new(unique_name("port")).port(30080, port);
+    let started = Instant::now();
+    let error = cluster::create(&engine, Provider::Sim, &spec, &options)
+        .await
+        .unwrap_err();
+    let message = infra_core::error_chain(&error);
+    assert!(
+        message.contains(&format!("host port {port}")) && message.contains("another process"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(cluster::find(&engine, &spec.name).await.unwrap().is_none());
+    assert!(!options.kubeconfig_path(&spec.name).exists());
+}

@@ -196,6 +196,17 @@ pub enum ClusterError {
     )]
     Exists { cluster: String, provider: Provider },
 
+    #[error(
+        "cluster {cluster} publishes host port {port} on {address}, which {owner} already uses: \
+         stop it (or, if it is another cluster of this tool, delete that cluster) and try again"
+    )]
+    PortInUse {
+        cluster: String,
+        port: u16,
+        address: String,
+        owner: String,
+    },
+
     #[error("sim cluster {cluster}: {problem}")]
     Sim { cluster: String, problem: String },
 
@@ -265,6 +276,7 @@ pub async fn create(
             }
         }
     }
+    check_host_ports(engine, spec).await?;
     std::fs::create_dir_all(&options.kubeconfig_dir).map_err(|source| ClusterError::Io {
         what: format!("creating {}", options.kubeconfig_dir.display()),
         source,
@@ -280,6 +292,57 @@ pub async fn create(
         nodes,
         reused: false,
         sim,
+    })
+}
+
+/// Fails before anything is created when a host port the cluster publishes
+/// is taken, naming the port and, when a container publishes it, that
+/// container (otherwise the engine's raw bind error would surface after
+/// node containers were started).
+async fn check_host_ports(engine: &Engine, spec: &ClusterSpec) -> Result<(), ClusterError> {
+    for mapping in &spec.port_mappings {
+        let address = if mapping.listen_address.is_empty() {
+            "0.0.0.0"
+        } else {
+            mapping.listen_address.as_str()
+        };
+        if std::net::TcpListener::bind((address, mapping.host_port)).is_ok() {
+            continue;
+        }
+        let owner = port_owner(engine, mapping.host_port)
+            .await
+            .map(|c| format!("container {c}"))
+            .unwrap_or_else(|| "another process".into());
+        return Err(ClusterError::PortInUse {
+            cluster: spec.name.clone(),
+            port: mapping.host_port,
+            address: address.to_string(),
+            owner,
+        });
+    }
+    Ok(())
+}
+
+/// The container publishing host port `port`, if any.
+async fn port_owner(engine: &Engine, port: u16) -> Option<String> {
+    let containers = engine
+        .docker()
+        .list_containers(None::<bollard::query_parameters::ListContainersOptions>)
+        .await
+        .ok()?;
+    containers.into_iter().find_map(|c| {
+        let publishes = c
+            .ports
+            .as_ref()?
+            .iter()
+            .any(|p| p.public_port == Some(port));
+        publishes.then(|| {
+            c.names
+                .and_then(|n| n.first().cloned())
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string()
+        })
     })
 }
 
