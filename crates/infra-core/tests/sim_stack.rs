@@ -360,3 +360,45 @@ async fn a_host_port_in_use_is_named_before_anything_is_created() {
     assert!(cluster::find(&engine, &spec.name).await.unwrap().is_none());
     assert!(!options.kubeconfig_path(&spec.name).exists());
 }
+
+#[tokio::test]
+async fn a_frozen_api_server_ends_an_apply_with_an_error_instead_of_a_hang() {
+    let test = "a_frozen_api_server_ends_an_apply_with_an_error_instead_of_a_hang";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let Some(bin) = testing::toolchain_bin(test).await else {
+        return;
+    };
+    let sim = SimCluster::start(&engine, bin, "frozen").await;
+    let client = sim.cluster().client().await.unwrap();
+    let applier = Applier::new(client, "frozen-test").request_timeout(Duration::from_secs(3));
+    // The cluster's kube-apiserver: the one whose certificates are in its state folder.
+    let state = sim.options.state_dir.to_string_lossy().to_string();
+    let apiserver = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains("kube-apiserver") && cmdline.contains(&state)).then_some(pid)
+        })
+        .next()
+        .expect("the cluster's kube-apiserver runs");
+    let pid = nix::unistd::Pid::from_raw(apiserver);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = Instant::now();
+    let result = applier
+        .apply_yaml(
+            "test",
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: frozen\n",
+        )
+        .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let error = result.expect_err("a frozen API server cannot apply");
+    let message = infra_core::error_chain(&error);
+    assert!(message.contains("did not answer within 3s"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    sim.delete().await;
+}

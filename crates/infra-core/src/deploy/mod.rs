@@ -17,6 +17,10 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use serde::Serialize;
 
+/// How long one apply or discovery request may take: a frozen API server
+/// must end the run with an error, not hang it.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Errors of deploying. Each names the object (kind, namespace, name).
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -55,6 +59,12 @@ pub enum DeployError {
     #[error(transparent)]
     Health(#[from] health::HealthError),
 
+    #[error(
+        "{what}: the API server did not answer within {seconds}s (is it running, or frozen? \
+         `cargo xtask status` shows whether the cluster answers)"
+    )]
+    NoAnswer { what: String, seconds: u64 },
+
     #[error("the cluster's API failed while {what}")]
     Kube {
         what: String,
@@ -89,6 +99,7 @@ pub struct Applier {
     template_labels: BTreeMap<String, String>,
     kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
     crd_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl Applier {
@@ -100,7 +111,15 @@ impl Applier {
             template_labels: BTreeMap::new(),
             kinds: Mutex::new(HashMap::new()),
             crd_timeout: Duration::from_secs(60),
+            request_timeout: REQUEST_TIMEOUT,
         }
+    }
+
+    /// How long one apply or discovery request may take (default 30 s).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
     }
 
     /// Labels put on every object this applier applies.
@@ -220,14 +239,22 @@ impl Applier {
             }
         };
         let params = PatchParams::apply(&self.field_manager).force();
-        api.patch(&name, &params, &Patch::Apply(&object))
-            .await
-            .map_err(|e| DeployError::Apply {
-                kind: types.kind.clone(),
-                namespace: object.metadata.namespace.clone(),
-                name: name.clone(),
-                message: api_message(&e),
-            })?;
+        let what = || format!("applying {} {name}", types.kind);
+        tokio::time::timeout(
+            self.request_timeout,
+            api.patch(&name, &params, &Patch::Apply(&object)),
+        )
+        .await
+        .map_err(|_| DeployError::NoAnswer {
+            what: what(),
+            seconds: self.request_timeout.as_secs(),
+        })?
+        .map_err(|e| DeployError::Apply {
+            kind: types.kind.clone(),
+            namespace: object.metadata.namespace.clone(),
+            name: name.clone(),
+            message: api_message(&e),
+        })?;
         Ok(Applied {
             api_version: types.api_version,
             kind: types.kind,
@@ -248,28 +275,39 @@ impl Applier {
         {
             return Ok(found.clone());
         }
-        let found = kube::discovery::pinned_kind(&self.client, gvk)
-            .await
-            .map_err(|error| match &error {
-                // The group/version or the kind is not served: a missing CRD or
-                // a wrong apiVersion. Anything else is the API failing.
-                kube::Error::Discovery(_) => DeployError::UnknownKind {
-                    api_version: gvk.api_version(),
-                    kind: gvk.kind.clone(),
-                },
-                kube::Error::Api(status) if status.code == 404 => DeployError::UnknownKind {
-                    api_version: gvk.api_version(),
-                    kind: gvk.kind.clone(),
-                },
-                _ => DeployError::Kube {
-                    what: format!(
-                        "resolving {} {} through discovery",
-                        gvk.api_version(),
-                        gvk.kind
-                    ),
-                    source: error,
-                },
-            })?;
+        let found = tokio::time::timeout(
+            self.request_timeout,
+            kube::discovery::pinned_kind(&self.client, gvk),
+        )
+        .await
+        .map_err(|_| DeployError::NoAnswer {
+            what: format!(
+                "resolving {} {} through discovery",
+                gvk.api_version(),
+                gvk.kind
+            ),
+            seconds: self.request_timeout.as_secs(),
+        })?
+        .map_err(|error| match &error {
+            // The group/version or the kind is not served: a missing CRD or
+            // a wrong apiVersion. Anything else is the API failing.
+            kube::Error::Discovery(_) => DeployError::UnknownKind {
+                api_version: gvk.api_version(),
+                kind: gvk.kind.clone(),
+            },
+            kube::Error::Api(status) if status.code == 404 => DeployError::UnknownKind {
+                api_version: gvk.api_version(),
+                kind: gvk.kind.clone(),
+            },
+            _ => DeployError::Kube {
+                what: format!(
+                    "resolving {} {} through discovery",
+                    gvk.api_version(),
+                    gvk.kind
+                ),
+                source: error,
+            },
+        })?;
         self.kinds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
