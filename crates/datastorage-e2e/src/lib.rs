@@ -20,7 +20,9 @@ use infra_core::plan::setup::Setup;
 use infra_core::plan::setup::SetupContext;
 use infra_core::plan::{Pattern, TaskError, TaskId};
 use infra_core::run::{ServiceSetup, SetupError, SuiteEnv};
-use infra_core::stack::datastorage::{self, DataStorageConfig};
+pub mod deployment;
+
+use deployment::DataStorageConfig;
 use infra_core::stack::images;
 use infra_core::stack::migrations::{self, load_migrations};
 use infra_core::stack::namespace;
@@ -55,8 +57,13 @@ pub fn image_config(repo_root: &Path) -> E2eImageConfig {
     }
 }
 
+/// The original's database: `action_history`, owned by `slm_user`.
+pub fn postgres_in(namespace: &str) -> PostgresConfig {
+    PostgresConfig::new(namespace).database("action_history", "slm_user", "slm_password_e2e")
+}
+
 pub fn postgres() -> PostgresConfig {
-    PostgresConfig::new(NAMESPACE).node_port(POSTGRES_NODE_PORT)
+    postgres_in(NAMESPACE).node_port(POSTGRES_NODE_PORT)
 }
 
 pub fn redis() -> RedisConfig {
@@ -172,7 +179,7 @@ impl ServiceSetup for DataStorage {
                 url: format!("http://127.0.0.1:{API_HOST_PORT}/health/ready"),
                 namespace: NAMESPACE.into(),
                 pod_selector: "app=datastorage".into(),
-                pod_port: datastorage::API_PORT,
+                pod_port: deployment::API_PORT,
                 timeout: Duration::from_secs(120),
             },
             &[ds.ready],

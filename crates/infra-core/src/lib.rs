@@ -6,7 +6,7 @@
 //! - [`load`]: the streaming multi-node loader;
 //! - [`cluster`]: kind and simulated clusters;
 //! - [`deploy`]: server-side apply, readiness by watching, health checks;
-//! - [`stack`]: PostgreSQL, Redis, migrations, DataStorage;
+//! - [`stack`]: PostgreSQL, Redis, migrations, namespaces and manifest builders;
 //! - [`plan`]: the task graph, its patterns and scheduler;
 //! - [`report`] and [`run`]: a whole run, its teardown and its report.
 //!

@@ -207,15 +207,15 @@ mod tests {
 
     fn execution() -> Execution {
         let mut tasks = vec![
-            record("build datastorage", TaskKind::Build, 0.0, 10.0, vec![]),
+            record("build api", TaskKind::Build, 0.0, 10.0, vec![]),
             record(
-                "create cluster datastorage-e2e",
+                "create cluster api-e2e",
                 TaskKind::Cluster,
                 10.0,
                 15.0,
                 vec![0],
             ),
-            record("load datastorage", TaskKind::Load, 15.0, 17.0, vec![0, 1]),
+            record("load api", TaskKind::Load, 15.0, 17.0, vec![0, 1]),
             record("deploy postgresql", TaskKind::Deploy, 15.0, 16.0, vec![1]),
         ];
         tasks[0].cached = true;
@@ -231,11 +231,11 @@ mod tests {
     fn json_has_exactly_the_contract_fields() {
         let natural = vec![vec![], vec![], vec![0, 1], vec![1]];
         let report = RunReport::new(
-            "datastorage",
+            "api",
             Pattern::Hybrid,
             ClusterRef {
                 provider: Provider::Sim,
-                name: "datastorage-e2e".into(),
+                name: "api-e2e".into(),
             },
             &execution(),
             &natural,
@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(report.pipelined_bound_seconds, 12.0);
         let table = report.table();
         assert!(
-            table.contains("critical path (*) 17.0s: build datastorage → create cluster"),
+            table.contains("critical path (*) 17.0s: build api → create cluster"),
             "{table}"
         );
         assert!(
@@ -282,7 +282,7 @@ mod tests {
         assert!(
             std::fs::read_to_string(path)
                 .unwrap()
-                .contains("\"service\": \"datastorage\"")
+                .contains("\"service\": \"api\"")
         );
     }
 }

@@ -22,7 +22,7 @@ use crate::report::{ClusterRef, RunReport};
 /// What a service crate provides: its name, the pattern it has migrated to,
 /// its cluster, and its setup.
 pub trait ServiceSetup: Send + Sync {
-    /// e.g. `datastorage`; the cluster is `<name>-e2e`.
+    /// e.g. `api`; the cluster is `<name>-e2e`.
     fn name(&self) -> &'static str;
 
     /// The pattern this service runs by default.
@@ -59,7 +59,7 @@ pub struct SuiteEnv {
     pub cluster: String,
     pub kubeconfig: PathBuf,
     pub namespace: String,
-    /// Named URLs on the host, e.g. `datastorage` → `http://127.0.0.1:28090`.
+    /// Named URLs on the host, e.g. `api` → `http://127.0.0.1:28090`.
     pub endpoints: BTreeMap<String, String>,
     /// Image key → fully qualified reference that was loaded.
     pub images: BTreeMap<String, String>,

@@ -222,3 +222,87 @@ impl Drop for TestCluster {
         .join();
     }
 }
+
+/// A sim cluster for a test, in-process, with its kubeconfig and state in a
+/// temp folder; its node containers are removed even if the test panics.
+pub struct SimCluster {
+    engine: Engine,
+    cluster: Option<crate::cluster::Cluster>,
+    pub options: crate::cluster::ClusterOptions,
+    _dirs: tempfile::TempDir,
+}
+
+impl SimCluster {
+    /// Creates `<prefix>-<unique>` on `engine` with the toolchain in `bin`.
+    pub async fn start(engine: &Engine, bin: PathBuf, prefix: &str) -> SimCluster {
+        let dirs = tempfile::tempdir().unwrap();
+        let options = crate::cluster::ClusterOptions {
+            toolchain_bin: Some(bin),
+            kubeconfig_dir: dirs.path().join("kube"),
+            state_dir: dirs.path().join("state"),
+            log_dir: log_dir(),
+            sim_server: crate::cluster::SimServer::InProcess,
+            ..crate::cluster::ClusterOptions::default()
+        };
+        let started = std::time::Instant::now();
+        let spec = crate::cluster::spec::ClusterSpec::new(unique_name(prefix));
+        let created =
+            crate::cluster::create(engine, crate::cluster::Provider::Sim, &spec, &options)
+                .await
+                .unwrap_or_else(|e| panic!("{}", crate::error_chain(&e)));
+        eprintln!(
+            "sim cluster {} created in {:.2}s",
+            created.name,
+            started.elapsed().as_secs_f64()
+        );
+        SimCluster {
+            engine: engine.clone(),
+            cluster: Some(created),
+            options,
+            _dirs: dirs,
+        }
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> &crate::cluster::Cluster {
+        self.cluster.as_ref().unwrap()
+    }
+
+    /// Deletes it, checking nothing is left.
+    pub async fn delete(mut self) {
+        let cluster = self.cluster.take().unwrap();
+        let name = cluster.name.clone();
+        let started = std::time::Instant::now();
+        crate::cluster::delete_cluster(&self.engine, cluster, &self.options)
+            .await
+            .unwrap();
+        eprintln!(
+            "sim cluster {name} deleted in {:.2}s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            crate::cluster::find(&self.engine, &name)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        // A panicking test still removes its node containers.
+        if let Some(cluster) = &self.cluster {
+            let name = cluster.name.clone();
+            let endpoint = self.engine.endpoint().to_string();
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Runtime::new().unwrap().block_on(async {
+                    if let Ok(engine) = Engine::connect_to(&endpoint).await {
+                        let _ = crate::cluster::node::remove_node_containers(&engine, &name).await;
+                    }
+                })
+            })
+            .join();
+        }
+    }
+}

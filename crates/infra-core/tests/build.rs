@@ -192,13 +192,13 @@ async fn a_missing_dockerfile_is_reported_before_anything_is_sent() {
     let Some(dir) = busybox_context(test) else {
         return;
     };
-    let config = E2eImageConfig::new("gateway", "docker/gateway.Dockerfile")
+    let config = E2eImageConfig::new("web", "docker/web.Dockerfile")
         .context(dir.path())
         .log_dir(testing::log_dir());
     let err = build_image_for_kind(&engine, &config).await.unwrap_err();
     let message = infra_core::error_chain(&err);
     assert!(
-        message.contains("gateway") && message.contains("docker/gateway.Dockerfile"),
+        message.contains("web") && message.contains("docker/web.Dockerfile"),
         "{message}"
     );
     assert!(matches!(err, ImageError::Context { .. }), "{err:?}");

@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn config_has_the_originals_shape() {
-        let spec = ClusterSpec::new("gateway-e2e")
+        let spec = ClusterSpec::new("web-e2e")
             .port(30080, 8080)
             .port(30090, 9090)
             .mount("coverdata", "/coverdata", NodeSelector::All);

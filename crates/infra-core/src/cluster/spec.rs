@@ -184,10 +184,10 @@ mod tests {
     #[test]
     fn bad_specs_name_the_problem() {
         assert!(
-            ClusterSpec::new("Gateway")
+            ClusterSpec::new("Web")
                 .validate()
                 .unwrap_err()
-                .contains("Gateway")
+                .contains("Web")
         );
         let clash = ClusterSpec::new("gw").port(30080, 8080).port(30081, 8080);
         assert!(clash.validate().unwrap_err().contains("8080"));
@@ -198,7 +198,7 @@ mod tests {
             .mount("/x", "/x", NodeSelector::Workers);
         assert!(no_workers.validate().is_err());
         assert!(
-            ClusterSpec::new("gateway-e2e")
+            ClusterSpec::new("web-e2e")
                 .port(30080, 8080)
                 .validate()
                 .is_ok()

@@ -562,30 +562,22 @@ mod tests {
             "spec": {"template": {"spec": {
                 "initContainers": [{"name": "init", "image": "busybox"}],
                 "containers": [
-                    {"name": "gateway", "image": "localhost/kubernaut/gateway:hardcoded"},
-                    {"name": "sidecar", "image": "localhost/kubernaut/gateway:hardcoded"}
+                    {"name": "web", "image": "localhost/example/web:hardcoded"},
+                    {"name": "sidecar", "image": "localhost/example/web:hardcoded"}
                 ]}}}
         });
-        set_container_image(
-            &mut deployment,
-            "gateway",
-            "localhost/kubernaut/gateway:gw-0123",
-        )
-        .unwrap();
+        set_container_image(&mut deployment, "web", "localhost/example/web:gw-0123").unwrap();
         let containers = &deployment["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers[0]["image"], "localhost/example/web:gw-0123");
         assert_eq!(
-            containers[0]["image"],
-            "localhost/kubernaut/gateway:gw-0123"
-        );
-        assert_eq!(
-            containers[1]["image"], "localhost/kubernaut/gateway:hardcoded",
+            containers[1]["image"], "localhost/example/web:hardcoded",
             "a string replacement would have changed the sidecar too"
         );
         set_container_image(&mut deployment, "init", "localhost/init:1").unwrap();
         let err = set_container_image(&mut deployment, "nope", "x")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("gateway, sidecar, init"), "{err}");
+        assert!(err.contains("web, sidecar, init"), "{err}");
 
         let mut pod = json!({"kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "old"}]}});

@@ -41,7 +41,7 @@ pub const COVERAGE_ENV: &str = "E2E_COVERAGE";
 pub struct E2eImageConfig {
     /// The service the image belongs to; part of the tag.
     pub service_name: String,
-    /// Image name without registry or tag, e.g. `kubernaut/datastorage`.
+    /// Image name without registry or tag, e.g. `example/api`.
     pub image_name: String,
     /// Dockerfile path, relative to `build_context`.
     pub dockerfile: PathBuf,
@@ -206,7 +206,7 @@ impl E2eImageConfig {
             return Err(invalid(
                 "image name",
                 image,
-                "give the bare name (like `kubernaut/datastorage`); the `localhost/` prefix and \
+                "give the bare name (like `example/api`); the `localhost/` prefix and \
                  the tag are added from the service and the input digest",
             ));
         }
@@ -361,11 +361,10 @@ mod tests {
 
     #[test]
     fn reference_is_fully_qualified_and_content_addressed() {
-        let config =
-            E2eImageConfig::new("datastorage", "Dockerfile").image("kubernaut/datastorage");
+        let config = E2eImageConfig::new("api", "Dockerfile").image("example/api");
         assert_eq!(
             config.reference("0123456789abcdef0123"),
-            "localhost/kubernaut/datastorage:datastorage-0123456789ab"
+            "localhost/example/api:api-0123456789ab"
         );
     }
 
@@ -383,10 +382,10 @@ mod tests {
 
     #[test]
     fn invalid_names_are_refused_with_the_fix() {
-        let bad = E2eImageConfig::new("Gateway", "Dockerfile");
+        let bad = E2eImageConfig::new("Web", "Dockerfile");
         let err = bad.validate().unwrap_err().to_string();
         assert!(
-            err.contains("service name `Gateway`") && err.contains("lowercase"),
+            err.contains("service name `Web`") && err.contains("lowercase"),
             "{err}"
         );
         let bad = E2eImageConfig::new("gw", "Dockerfile").image("localhost/gw:1");
@@ -396,7 +395,7 @@ mod tests {
                 .to_string()
                 .contains("bare name")
         );
-        let bad = E2eImageConfig::new("gw", "Dockerfile").image("Kubernaut/GW");
+        let bad = E2eImageConfig::new("gw", "Dockerfile").image("Example/WEB");
         assert!(bad.validate().is_err());
         let bad = E2eImageConfig::new("gw", "Dockerfile").build_arg("", "x");
         assert!(bad.validate().is_err());
@@ -411,11 +410,11 @@ mod tests {
     #[test]
     fn log_path_is_per_service_and_image() {
         let config = E2eImageConfig::new("gw", "Dockerfile")
-            .image("kubernaut/gateway")
+            .image("example/web")
             .log_dir("/logs");
         assert_eq!(
             config.log_path(),
-            PathBuf::from("/logs/build-gw-kubernaut_gateway.log")
+            PathBuf::from("/logs/build-gw-example_web.log")
         );
     }
 }

@@ -26,25 +26,20 @@ fn sleeper(
 }
 
 /// Two images, a cluster, their loads, PostgreSQL (needs only the cluster),
-/// and DataStorage (needs its image loaded and PostgreSQL).
+/// and Api (needs its image loaded and PostgreSQL).
 fn sample() -> Plan<()> {
     let mut plan = Plan::new();
-    let build_a = plan.task(
-        "build datastorage",
-        TaskKind::Build,
-        &[],
-        sleeper(10, false),
-    );
-    let build_b = plan.task("build gateway", TaskKind::Build, &[], sleeper(20, false));
+    let build_a = plan.task("build api", TaskKind::Build, &[], sleeper(10, false));
+    let build_b = plan.task("build web", TaskKind::Build, &[], sleeper(20, false));
     let cluster = plan.task("create cluster", TaskKind::Cluster, &[], sleeper(5, false));
     let load_a = plan.task(
-        "load datastorage",
+        "load api",
         TaskKind::Load,
         &[build_a, cluster],
         sleeper(2, false),
     );
     plan.task(
-        "load gateway",
+        "load web",
         TaskKind::Load,
         &[build_b, cluster],
         sleeper(2, false),
@@ -56,7 +51,7 @@ fn sample() -> Plan<()> {
         sleeper(3, false),
     );
     plan.task(
-        "deploy datastorage",
+        "deploy api",
         TaskKind::Deploy,
         &[load_a, pg],
         sleeper(1, false),
@@ -90,13 +85,13 @@ async fn pipelined_overlaps_the_cluster_with_builds_and_deploys_early() {
         5.0,
         "PostgreSQL waits for no build"
     );
-    assert_eq!(start(&e, "load datastorage"), 10.0);
-    assert_eq!(start(&e, "load gateway"), 20.0);
-    assert_eq!(start(&e, "deploy datastorage"), 12.0);
+    assert_eq!(start(&e, "load api"), 10.0);
+    assert_eq!(start(&e, "load web"), 20.0);
+    assert_eq!(start(&e, "deploy api"), 12.0);
     assert_eq!(e.wall_seconds.round(), 22.0);
     let (chain, length) = critical_path(&e.tasks);
     let names: Vec<&str> = chain.iter().map(|&i| e.tasks[i].name.as_str()).collect();
-    assert_eq!(names, ["build gateway", "load gateway"]);
+    assert_eq!(names, ["build web", "load web"]);
     assert_eq!(length.round(), 22.0);
 }
 
@@ -105,7 +100,7 @@ async fn hybrid_creates_the_cluster_after_every_build() {
     let e = run(sample(), Pattern::Hybrid).await;
     assert!(e.ok());
     assert_eq!(start(&e, "create cluster"), 20.0);
-    assert_eq!(start(&e, "load datastorage"), 25.0);
+    assert_eq!(start(&e, "load api"), 25.0);
     assert_eq!(start(&e, "deploy postgresql"), 25.0);
     assert_eq!(e.wall_seconds.round(), 29.0);
 }
@@ -115,10 +110,10 @@ async fn standard_builds_one_at_a_time_after_the_cluster_and_deploys_last() {
     let e = run(sample(), Pattern::Standard).await;
     assert!(e.ok());
     assert_eq!(start(&e, "create cluster"), 0.0);
-    assert_eq!(start(&e, "build datastorage"), 5.0);
-    assert_eq!(start(&e, "load datastorage"), 15.0);
-    assert_eq!(start(&e, "build gateway"), 17.0);
-    assert_eq!(start(&e, "load gateway"), 37.0);
+    assert_eq!(start(&e, "build api"), 5.0);
+    assert_eq!(start(&e, "load api"), 15.0);
+    assert_eq!(start(&e, "build web"), 17.0);
+    assert_eq!(start(&e, "load web"), 37.0);
     assert_eq!(start(&e, "deploy postgresql"), 39.0);
     assert_eq!(e.wall_seconds.round(), 43.0);
 
@@ -205,7 +200,7 @@ fn patterns_parse_and_standard_serialises_builds_through_their_loads() {
     assert_eq!("hybrid".parse::<Pattern>().unwrap(), Pattern::Hybrid);
     assert!("fast".parse::<Pattern>().unwrap_err().contains("pipelined"));
     let scheduled = sample().schedule(Pattern::Standard);
-    // build gateway (1) waits for the cluster (2) and for load datastorage (3).
+    // build web (1) waits for the cluster (2) and for load api (3).
     assert_eq!(scheduled[1].deps, vec![2, 3]);
     // deploy postgresql (5) waits for both loads (3, 4).
     assert_eq!(scheduled[5].deps, vec![2, 3, 4]);

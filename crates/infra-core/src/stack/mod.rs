@@ -1,11 +1,12 @@
-//! The shared stack every service's environment needs, as components a
-//! service crate composes: [`postgres`], [`redis`], [`migrations`] and
-//! [`datastorage`]. A [`Component`] is what to apply plus what "ready" means;
+//! Generic components a service crate composes: [`postgres`], [`redis`],
+//! [`migrations`], [`namespace`], third-party [`images`], and the small
+//! manifest builders recipes write their own services with ([`object`],
+//! [`deployment`], [`service`], ...). A [`Component`] is what to apply plus
+//! what "ready" means;
 //! manifests are written as JSON literals so they read like the YAML they
 //! replace, and a test round-trips each through its k8s-openapi type so a
 //! misspelt field cannot slip through.
 
-pub mod datastorage;
 pub mod images;
 pub mod migrations;
 pub mod postgres;
@@ -44,7 +45,11 @@ impl Component {
     clippy::expect_used,
     reason = "the stack's manifests are built in code and covered by its tests"
 )]
-pub(crate) fn object(value: serde_json::Value) -> DynamicObject {
+///
+/// # Panics
+/// When the literal is not a Kubernetes object (apiVersion, kind, metadata):
+/// a bug in the recipe that its unit tests catch.
+pub fn object(value: serde_json::Value) -> DynamicObject {
     serde_json::from_value(value).expect("stack manifests are valid objects")
 }
 
@@ -62,17 +67,13 @@ pub fn namespace(name: &str) -> Component {
 }
 
 /// The labels every stack object carries.
-pub(crate) fn labels(name: &str) -> serde_json::Value {
+pub fn labels(name: &str) -> serde_json::Value {
     serde_json::json!({"app": name, "app.kubernetes.io/part-of": "kind-e2e"})
 }
 
 /// A one-replica Deployment of `pod_spec`, its pods labelled and selected by
 /// `app=<name>`.
-pub(crate) fn deployment(
-    namespace: &str,
-    name: &str,
-    pod_spec: serde_json::Value,
-) -> DynamicObject {
+pub fn deployment(namespace: &str, name: &str, pod_spec: serde_json::Value) -> DynamicObject {
     object(serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": labels(name)},
@@ -85,7 +86,7 @@ pub(crate) fn deployment(
 }
 
 /// A Service port to the same container port, on `node_port` when given.
-pub(crate) fn service_port(name: &str, port: u16, node_port: Option<u16>) -> serde_json::Value {
+pub fn service_port(name: &str, port: u16, node_port: Option<u16>) -> serde_json::Value {
     let mut value = serde_json::json!({"name": name, "port": port, "targetPort": port});
     if let Some(node_port) = node_port {
         value["nodePort"] = serde_json::json!(node_port);
@@ -94,7 +95,7 @@ pub(crate) fn service_port(name: &str, port: u16, node_port: Option<u16>) -> ser
 }
 
 /// A Service for the pods `app=<name>`: NodePort when a port has one.
-pub(crate) fn service(namespace: &str, name: &str, ports: Vec<serde_json::Value>) -> DynamicObject {
+pub fn service(namespace: &str, name: &str, ports: Vec<serde_json::Value>) -> DynamicObject {
     let node_port = ports.iter().any(|p| p.get("nodePort").is_some());
     object(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
@@ -107,12 +108,18 @@ pub(crate) fn service(namespace: &str, name: &str, ports: Vec<serde_json::Value>
     }))
 }
 
-pub(crate) fn deployment_ready(namespace: &str, name: &str, timeout: Duration) -> Target {
+/// Ready when the Deployment `namespace/name` is Available.
+pub fn deployment_ready(namespace: &str, name: &str, timeout: Duration) -> Target {
     Target::new(Workload::Deployment, namespace, name, timeout)
 }
 
-#[cfg(test)]
-pub(crate) mod test_support {
+/// For recipes' unit tests (with the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test helper: a failure is the test's failure"
+)]
+pub mod test_support {
     use kube::api::DynamicObject;
 
     /// Deserialises `object` into its k8s-openapi type and back: any field the

@@ -25,18 +25,28 @@ pub struct PostgresConfig {
 }
 
 impl PostgresConfig {
-    /// The original's settings: user `slm_user`, database `action_history`.
+    /// PostgreSQL 16 in `namespace` with database `app`, owned by user `app`
+    /// (a service's recipe names its own with [`PostgresConfig::database`]).
     pub fn new(namespace: &str) -> PostgresConfig {
         PostgresConfig {
             namespace: namespace.to_string(),
             name: "postgresql".into(),
             image: "postgres:16-alpine".into(),
-            database: "action_history".into(),
-            user: "slm_user".into(),
-            password: "slm_password_e2e".into(),
+            database: "app".into(),
+            user: "app".into(),
+            password: "app-e2e-password".into(),
             node_port: None,
             timeout: Duration::from_secs(180),
         }
+    }
+
+    /// The application's database, and the user who owns it.
+    #[must_use]
+    pub fn database(mut self, database: &str, user: &str, password: &str) -> Self {
+        self.database = database.into();
+        self.user = user.into();
+        self.password = password.into();
+        self
     }
 
     #[must_use]
@@ -151,11 +161,11 @@ mod tests {
 
     #[test]
     fn init_script_creates_the_role_and_database() {
-        let pg = PostgresConfig::new("x");
+        let pg = PostgresConfig::new("x").database("orders", "shop", "secret");
         let init = serde_json::to_value(&pg.component().objects[1]).unwrap();
         let sql = init["data"]["00-create-role.sql"].as_str().unwrap();
-        assert!(sql.contains("CREATE ROLE slm_user"));
-        assert!(sql.contains("CREATE DATABASE action_history OWNER slm_user"));
+        assert!(sql.contains("CREATE ROLE shop LOGIN PASSWORD 'secret'"));
+        assert!(sql.contains("CREATE DATABASE orders OWNER shop"));
         assert_eq!(pg.host(), "postgresql.x.svc.cluster.local");
     }
 }

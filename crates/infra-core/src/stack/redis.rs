@@ -12,7 +12,7 @@ pub struct RedisConfig {
     pub namespace: String,
     pub name: String,
     pub image: String,
-    /// Publish 6379 on this NodePort (AuthWebhook's setup used 30386).
+    /// Publish 6379 on this NodePort (one original setup used 30386).
     pub node_port: Option<u16>,
     pub timeout: Duration,
 }

@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::postgres::PostgresConfig;
-use super::redis::RedisConfig;
-use super::{Component, deployment, deployment_ready, labels, object, service, service_port};
+use infra_core::stack::postgres::PostgresConfig;
+use infra_core::stack::redis::RedisConfig;
+use infra_core::stack::{
+    Component, deployment, deployment_ready, labels, object, service, service_port,
+};
 
 /// The container name the image is set on.
 pub const CONTAINER: &str = "datastorage";
@@ -163,10 +165,10 @@ impl DataStorageConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stack::test_support::assert_round_trips;
+    use infra_core::stack::test_support::assert_round_trips;
 
     fn config() -> DataStorageConfig {
-        let pg = PostgresConfig::new("ds-e2e");
+        let pg = crate::postgres_in("ds-e2e");
         let redis = RedisConfig::new("ds-e2e");
         DataStorageConfig::new(
             "localhost/kubernaut/datastorage:datastorage-0123456789ab",
