@@ -642,7 +642,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             Some(Provider::Kind) => Some("kind"),
             None => None,
         };
-        let last = last_report(service.name());
+        let last = last_report(&crate::e2e_dir(), service.name(), &options.state_dir, &name);
         rows.push(serde_json::json!({
             "service": service.name(),
             "default_pattern": service.default_pattern(),
@@ -651,12 +651,15 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             "provider": found.map(|c| c.provider),
             "nodes": found.map(|c| c.nodes.clone()).unwrap_or_default(),
             "api": api,
-            "last_run": last.as_ref().map(|(id, report)| serde_json::json!({
-                "run_id": id,
-                "pattern": report["pattern"],
-                "ok": report["ok"],
-                "wall_seconds": report["wall_seconds"],
-            })),
+            "last_run": last.as_ref().map(|(id, report)| match report {
+                Ok(report) => serde_json::json!({
+                    "run_id": id,
+                    "pattern": report["pattern"],
+                    "ok": report["ok"],
+                    "wall_seconds": report["wall_seconds"],
+                }),
+                Err(problem) => serde_json::json!({"run_id": id, "problem": problem}),
+            }),
         }));
     }
     if args.json {
@@ -676,6 +679,11 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             format!("{}: none", row["cluster"].as_str().unwrap_or_default())
         };
         let last = match row["last_run"].as_object() {
+            Some(run) if run.contains_key("problem") => format!(
+                "last run {}: {}",
+                run["run_id"].as_str().unwrap_or_default(),
+                run["problem"].as_str().unwrap_or_default()
+            ),
             Some(run) => format!(
                 "last run {} ({}): {} in {:.1}s",
                 run["run_id"].as_str().unwrap_or_default(),
@@ -694,25 +702,73 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-/// The newest `report.json` of `service`'s runs, with its run id.
-fn last_report(service: &str) -> Option<(String, serde_json::Value)> {
+/// The newest run of `service` (its folder last written), with its report,
+/// or why there is none to read: a run in progress, one that left no report
+/// (killed) or an unreadable report is said so, never taken for "no run yet".
+fn last_report(
+    runs_dir: &Path,
+    service: &str,
+    state_dir: &Path,
+    cluster: &str,
+) -> Option<(String, Result<serde_json::Value, String>)> {
     let prefix = format!("{service}-");
-    std::fs::read_dir(crate::e2e_dir())
+    let (id, dir) = std::fs::read_dir(runs_dir)
         .ok()?
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with(&prefix))
         .filter_map(|e| {
-            let report = e.path().join("report.json");
-            let modified = std::fs::metadata(&report).ok()?.modified().ok()?;
+            let modified = e.metadata().ok()?.modified().ok()?;
             Some((
                 modified,
                 e.file_name().to_string_lossy().into_owned(),
-                report,
+                e.path(),
             ))
         })
         .max_by_key(|(modified, _, _)| *modified)
-        .and_then(|(_, id, path)| {
-            let value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-            Some((id, value))
-        })
+        .map(|(_, id, dir)| (id, dir))?;
+    let path = dir.join("report.json");
+    let holder = infra_core::cluster::lock::holder(state_dir, cluster);
+    let report = match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(match holder {
+            Some(h) if h.run_id == id => format!("in progress (pid {})", h.pid),
+            _ => format!(
+                "it left no report (killed before it ended?); see {}",
+                dir.display()
+            ),
+        }),
+        Err(e) => Err(format!("{} cannot be read: {e}", path.display())),
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not a report ({e}): delete that run folder",
+                path.display()
+            )
+        }),
+    };
+    Some((id, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_run_says_why_its_report_cannot_be_read() {
+        let runs = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let last = || last_report(runs.path(), "svc", state.path(), "svc-e2e");
+        assert!(last().is_none(), "no run yet");
+        let run = runs.path().join("svc-1700000000-00aa");
+        std::fs::create_dir_all(&run).unwrap();
+        let (id, report) = last().unwrap();
+        assert_eq!(id, "svc-1700000000-00aa");
+        assert!(report.unwrap_err().contains("left no report"));
+        std::fs::write(run.join("report.json"), "{not json").unwrap();
+        let problem = last().unwrap().1.unwrap_err();
+        assert!(
+            problem.contains("is not a report") && problem.contains("delete that run folder"),
+            "{problem}"
+        );
+        std::fs::write(run.join("report.json"), r#"{"ok": true}"#).unwrap();
+        assert_eq!(last().unwrap().1.unwrap()["ok"], true);
+    }
 }

@@ -464,6 +464,8 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
             .is_some(),
         "a run never deletes a cluster it did not create"
     );
+    // A deleted kubeconfig does not stop a reuse: it is written again.
+    std::fs::remove_file(cli.home.path().join(".kube/datastorage-e2e-config")).unwrap();
     let again = cli.run(&[
         "e2e",
         "datastorage",
@@ -951,4 +953,47 @@ fn bad_counts_and_a_benchmark_too_big_for_the_disk_fail_at_once_saying_what_to_g
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_reused_cluster_that_lacks_the_services_workers_or_host_ports_is_refused_naming_them() {
+    let test =
+        "a_reused_cluster_that_lacks_the_services_workers_or_host_ports_is_refused_naming_them";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    let engine = testing::engine(test).await.unwrap();
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let cli = Cli::new();
+    let reuse = ["e2e", "datastorage", "--cluster", "sim", "--reuse-cluster"];
+    // Made by hand without the worker DataStorage's setup asks for.
+    cli.ok(&["cluster", "create", "datastorage-e2e", "--provider", "sim"]);
+    let refused = cli.run(&reuse);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("cannot be reused: it has 0 worker(s) and this run needs 1")
+            && stderr.contains("cargo xtask cluster delete datastorage-e2e"),
+        "{stderr}"
+    );
+    cli.ok(&["cluster", "delete", "datastorage-e2e"]);
+    // The worker, but none of its host ports.
+    cli.ok(&[
+        "cluster",
+        "create",
+        "datastorage-e2e",
+        "--provider",
+        "sim",
+        "--workers",
+        "1",
+    ]);
+    let refused = cli.run(&reuse);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("does not publish the host port(s) this run needs: 28090 (NodePort 30081)"),
+        "{stderr}"
+    );
+    cli.ok(&["cluster", "delete", "datastorage-e2e"]);
+    assert_nothing_left(&cli, &engine).await;
 }

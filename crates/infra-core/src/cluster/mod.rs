@@ -207,6 +207,12 @@ pub enum ClusterError {
         owner: String,
     },
 
+    #[error(
+        "cluster {cluster} exists but cannot be reused: {problem}; delete it (`cargo xtask \
+         cluster delete {cluster}`) and run again without --reuse-cluster"
+    )]
+    Unusable { cluster: String, problem: String },
+
     #[error("sim cluster {cluster}: {problem}")]
     Sim { cluster: String, problem: String },
 
@@ -270,7 +276,7 @@ pub async fn create(
                     provider,
                 });
             }
-            Existing::Reuse => return reuse(engine, provider, &spec.name, options).await,
+            Existing::Reuse => return reuse(engine, provider, spec, options).await,
             Existing::Recreate => {
                 delete(engine, &spec.name, options).await?;
             }
@@ -346,13 +352,19 @@ async fn port_owner(engine: &Engine, port: u16) -> Option<String> {
     })
 }
 
+/// Uses an existing cluster, after checking it is what `spec` asks for (its
+/// workers and host ports) and that its API answers; the kubeconfig is
+/// written again from the cluster, so a deleted one is no obstacle.
 async fn reuse(
     engine: &Engine,
     provider: Provider,
-    name: &str,
+    spec: &ClusterSpec,
     options: &ClusterOptions,
 ) -> Result<Cluster, ClusterError> {
+    let name = spec.name.as_str();
     let kubeconfig = options.kubeconfig_path(name);
+    let nodes = find_kind_nodes(engine, name).await?;
+    check_shape(engine, spec, &nodes).await?;
     match provider {
         Provider::Kind => {
             let kind = options.kind(engine)?;
@@ -360,25 +372,100 @@ async fn reuse(
             write_private(&kubeconfig, &text)?;
         }
         Provider::Sim => {
-            if sim::api_url(&options.state_dir, name).is_none() || !kubeconfig.exists() {
+            if sim::api_url(&options.state_dir, name).is_none() {
                 return Err(ClusterError::Sim {
                     cluster: name.to_string(),
-                    problem: "its node containers exist but its control plane is not running (it \
-                              lives as long as the process that supervised it): delete and \
-                              recreate it"
-                        .into(),
+                    problem: format!(
+                        "its node containers exist but its control plane is not running (it \
+                         lives as long as the process that supervised it, which is gone): delete \
+                         it (`cargo xtask cluster delete {name}`) and run again"
+                    ),
                 });
             }
+            sim::restore_kubeconfig(&options.state_dir, name, &kubeconfig)?;
         }
+    }
+    if !api_answers(&kubeconfig).await {
+        return Err(ClusterError::Unusable {
+            cluster: name.to_string(),
+            problem: format!(
+                "its API server does not answer through {} within 5s",
+                kubeconfig.display()
+            ),
+        });
     }
     Ok(Cluster {
         name: name.to_string(),
         provider,
         kubeconfig,
-        nodes: find_kind_nodes(engine, name).await?,
+        nodes,
         reused: true,
         sim: None,
     })
+}
+
+/// Fails unless the existing cluster has the workers and host ports `spec`
+/// asks for (a cluster made for something else would pass a suite it cannot
+/// really serve).
+async fn check_shape(
+    engine: &Engine,
+    spec: &ClusterSpec,
+    nodes: &[KindNode],
+) -> Result<(), ClusterError> {
+    let unusable = |problem: String| ClusterError::Unusable {
+        cluster: spec.name.clone(),
+        problem,
+    };
+    let workers = nodes.iter().filter(|n| n.role == "worker").count();
+    if workers != spec.workers {
+        return Err(unusable(format!(
+            "it has {workers} worker(s) and this run needs {}",
+            spec.workers
+        )));
+    }
+    if let Some(node) = nodes.iter().find(|n| n.state != "running") {
+        return Err(unusable(format!("node {} is {}", node.name, node.state)));
+    }
+    let Some(control_plane) = nodes.iter().find(|n| n.role == "control-plane") else {
+        return Err(unusable("it has no control-plane node".into()));
+    };
+    let published = published_host_ports(engine, &control_plane.name).await;
+    let missing: Vec<String> = spec
+        .port_mappings
+        .iter()
+        .filter(|m| !published.contains(&m.host_port))
+        .map(|m| format!("{} (NodePort {})", m.host_port, m.container_port))
+        .collect();
+    if !missing.is_empty() {
+        return Err(unusable(format!(
+            "it does not publish the host port(s) this run needs: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The host ports a container publishes.
+async fn published_host_ports(engine: &Engine, container: &str) -> std::collections::HashSet<u16> {
+    let Ok(inspected) = engine
+        .docker()
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    else {
+        return Default::default();
+    };
+    inspected
+        .host_config
+        .and_then(|h| h.port_bindings)
+        .unwrap_or_default()
+        .into_values()
+        .flatten()
+        .flatten()
+        .filter_map(|b| b.host_port?.parse().ok())
+        .collect()
 }
 
 async fn create_kind(

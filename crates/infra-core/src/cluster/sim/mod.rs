@@ -492,6 +492,24 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// Writes `cluster`'s kubeconfig again from its control plane's own copy
+/// (when the one in the kubeconfig folder was deleted or changed).
+pub(crate) fn restore_kubeconfig(
+    state_dir: &Path,
+    cluster: &str,
+    kubeconfig: &Path,
+) -> Result<(), ClusterError> {
+    let own = cluster_dir(state_dir, cluster).join("admin.kubeconfig");
+    let text = std::fs::read_to_string(&own).map_err(|source| ClusterError::Io {
+        what: format!(
+            "reading {} (the sim cluster's own kubeconfig)",
+            own.display()
+        ),
+        source,
+    })?;
+    write_private(kubeconfig, &text)
+}
+
 /// Copies the supervisor's and each control-plane process's log into `dir`
 /// as `sim-supervisor.log` and `sim-<process>.log` (best effort).
 pub(crate) fn export_logs(state_dir: &Path, cluster: &str, dir: &Path) {
