@@ -967,7 +967,15 @@ async fn a_reused_cluster_that_lacks_the_services_workers_or_host_ports_is_refus
     let cli = Cli::new();
     let reuse = ["e2e", "datastorage", "--cluster", "sim", "--reuse-cluster"];
     // Made by hand without the worker DataStorage's setup asks for.
-    cli.ok(&["cluster", "create", "datastorage-e2e", "--provider", "sim"]);
+    cli.ok(&[
+        "cluster",
+        "create",
+        "datastorage-e2e",
+        "--provider",
+        "sim",
+        "--workers",
+        "0",
+    ]);
     let refused = cli.run(&reuse);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());

@@ -247,3 +247,103 @@ async fn a_frozen_api_server_ends_an_apply_with_an_error_instead_of_a_hang() {
     assert!(started.elapsed() < Duration::from_secs(10));
     sim.delete().await;
 }
+
+#[tokio::test]
+async fn a_node_removed_during_a_wait_ends_it_within_seconds_naming_the_node() {
+    use infra_core::plan::setup::{Setup, SetupContext};
+    use infra_core::plan::{Outcome, Pattern, Silent, TaskError, TaskKind, execute};
+    let test = "a_node_removed_during_a_wait_ends_it_within_seconds_naming_the_node";
+    let Some(engine) = testing::engine(test).await else {
+        return;
+    };
+    let Some(bin) = testing::toolchain_bin(test).await else {
+        return;
+    };
+    let dirs = tempfile::tempdir().unwrap();
+    let options = ClusterOptions {
+        toolchain_bin: Some(bin),
+        kubeconfig_dir: dirs.path().join("kube"),
+        state_dir: dirs.path().join("state"),
+        sim_server: SimServer::InProcess,
+        ..ClusterOptions::default()
+    };
+    let name = unique_name("gone");
+    let worker = format!("{name}-worker");
+    let mut setup = Setup::new();
+    let cluster = setup.cluster(ClusterSpec::new(&name).workers(1));
+    // A pod that waits for a ConfigMap nobody makes: not a failure, so the
+    // wait would sit out its whole timeout.
+    let ns = "gone";
+    let stuck = Component {
+        name: "stuck".into(),
+        objects: vec![
+            namespace(ns).objects[0].clone(),
+            deployment(
+                ns,
+                "stuck",
+                serde_json::json!({
+                    "containers": [{"name": "stuck", "image": "localhost/example/stuck:1",
+                                    "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}],
+                    "volumes": [{"name": "cfg", "configMap": {"name": "never-made"}}],
+                }),
+            ),
+        ],
+        ready: vec![deployment_ready(ns, "stuck", Duration::from_secs(120))],
+    };
+    let stage = setup.component(stuck, &[cluster]);
+    let remover = worker.clone();
+    setup.task(
+        "remove a node",
+        TaskKind::Deploy,
+        &[stage.deploy],
+        move |ctx: std::sync::Arc<SetupContext>| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            ctx.engine
+                .docker()
+                .remove_container(
+                    &remover,
+                    Some(
+                        bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .build(),
+                    ),
+                )
+                .await
+                .map_err(|e| TaskError::msg(e.to_string()))?;
+            Ok(Outcome::done())
+        },
+    );
+    let context = std::sync::Arc::new(SetupContext::new(
+        engine.clone(),
+        "test",
+        "run-gone",
+        dirs.path().join("run"),
+        Provider::Sim,
+        options.clone(),
+    ));
+    let started = Instant::now();
+    let execution = execute(
+        setup.into_plan(),
+        Pattern::Pipelined,
+        context.clone(),
+        &Silent,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let waited = started.elapsed();
+    let (task, message) = execution.failure.clone().expect("the wait fails");
+    assert_eq!(task, "wait stuck");
+    assert!(
+        message.contains(&format!("node {worker} of cluster {name} is gone")),
+        "{message}"
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "took {waited:?}, not the 120s timeout"
+    );
+    let mut context = std::sync::Arc::try_unwrap(context).ok().unwrap();
+    if let Some(cluster) = context.take_cluster() {
+        cluster.release().await;
+    }
+    cluster::delete(&engine, &name, &options).await.unwrap();
+}

@@ -390,10 +390,16 @@ impl Setup {
                 if component.ready.is_empty() {
                     return Ok(Outcome::done().note("nothing to wait for"));
                 }
-                component
-                    .wait(ctx.applier()?.client())
-                    .await
-                    .map_err(|e| TaskError::new(&e))?;
+                let wait = component.wait(ctx.applier()?.client());
+                tokio::select! {
+                    waited = wait => waited.map_err(|e| TaskError::new(&e))?,
+                    gone = node_gone(&ctx) => return Err(TaskError::msg(format!(
+                        "waiting for {}: {gone}; the cluster cannot become ready (delete it \
+                         with `cargo xtask cluster delete {}` and run again)",
+                        component.name,
+                        ctx.cluster().map(|c| c.name.as_str()).unwrap_or_default()
+                    ))),
+                }
                 Ok(Outcome::done())
             },
         );
@@ -443,5 +449,38 @@ impl Setup {
     /// Every task declared so far (for "run the suite after everything").
     pub fn all_tasks(&self) -> Vec<TaskId> {
         (0..self.plan.len()).map(TaskId).collect()
+    }
+}
+
+/// How often a wait looks at the cluster's node containers.
+const NODE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Resolves, naming the node, once one of the cluster's node containers is
+/// removed or stops; never otherwise. A wait would otherwise sit out its
+/// whole timeout (the API server notices a dead kubelet only after 40 s,
+/// and a removed control plane never answers).
+async fn node_gone(ctx: &SetupContext) -> String {
+    let Some(cluster) = ctx.cluster() else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(NODE_CHECK_INTERVAL).await;
+        let Ok(now) = crate::load::nodes::find_kind_nodes(&ctx.engine, &cluster.name).await else {
+            // The engine not answering is not a node gone; the wait's own
+            // timeout still bounds this.
+            continue;
+        };
+        for node in &cluster.nodes {
+            match now.iter().find(|n| n.name == node.name) {
+                None => return format!("node {} of cluster {} is gone", node.name, cluster.name),
+                Some(n) if n.state != "running" => {
+                    return format!(
+                        "node {} of cluster {} is {} (not running)",
+                        node.name, cluster.name, n.state
+                    );
+                }
+                Some(_) => {}
+            }
+        }
     }
 }
