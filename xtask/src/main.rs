@@ -19,6 +19,7 @@ mod cluster;
 mod e2e;
 mod image;
 mod progress;
+mod prune;
 mod services;
 mod signals;
 mod toolchain;
@@ -62,10 +63,13 @@ enum Command {
     /// The kind node image, built offline from the toolchain.
     #[command(subcommand)]
     NodeImage(toolchain::NodeImageCommand),
+    /// Remove the tool's older images (all but the newest of each kind) from
+    /// every engine, and older toolchains and rootfs folders from the cache.
+    Prune(prune::PruneArgs),
     /// Measure this machine: builds and loads, medians of several runs.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Serve a simulated cluster's API (started by `cluster create --provider sim`).
+    /// Supervise a simulated cluster's control plane (started by `cluster create --provider sim`).
     #[command(hide = true)]
     SimServe(cluster::SimServeArgs),
 }
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
             Command::Image(command) => interruptible(image::run(command)).await,
             Command::Toolchain(command) => interruptible(toolchain::run_toolchain(command)).await,
             Command::NodeImage(command) => interruptible(toolchain::run_node_image(command)).await,
+            Command::Prune(args) => interruptible(prune::prune(args)).await,
             Command::Bench(BenchCommand::Image(args)) => interruptible(bench::image(args)).await,
             Command::SimServe(args) => cluster::sim_serve(args).await.map(|()| ExitCode::SUCCESS),
         }
