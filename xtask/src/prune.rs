@@ -137,7 +137,7 @@ fn prune_cache(dir: &Path, keep: usize, dry_run: bool) -> u64 {
         .filter(|e| e.path().is_dir())
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    folders.sort_by(|a, b| b.0.cmp(&a.0));
+    folders.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut freed = 0;
     for (_, path) in folders.into_iter().skip(keep) {
         let size: u64 = walkdir_size(&path);
