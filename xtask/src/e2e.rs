@@ -519,7 +519,7 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
         let mut state = String::new();
         if let Some(config) = configs
             .iter()
-            .find(|c| format!("build {}", c.image_name) == task.name)
+            .find(|c| infra_core::plan::setup::build_task_name(&c.image_name) == task.name)
         {
             state = match infra_core::image::planned_reference(config) {
                 Ok(reference) => match &engine {
@@ -533,7 +533,7 @@ pub async fn plan(args: PlanArgs) -> Result<()> {
             };
         } else if let Some(config) = configs
             .iter()
-            .find(|c| format!("load {}", c.image_name) == task.name)
+            .find(|c| infra_core::plan::setup::load_task_name(&c.image_name) == task.name)
         {
             state = load_state(engine.as_ref(), existing.as_ref(), config).await;
         } else if task.kind == TaskKind::Cluster {

@@ -68,8 +68,6 @@ pub enum Existing {
     Fail,
     /// Use it as it is.
     Reuse,
-    /// Delete it and create a new one.
-    Recreate,
 }
 
 /// Where clusters keep their files, and how they are made.
@@ -277,9 +275,6 @@ pub async fn create(
                 });
             }
             Existing::Reuse => return reuse(engine, provider, spec, options).await,
-            Existing::Recreate => {
-                delete(engine, &spec.name, options).await?;
-            }
         }
     }
     check_host_ports(engine, spec).await?;

@@ -27,7 +27,6 @@ pub mod setup;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -490,21 +489,6 @@ pub fn lower_bound(tasks: &[TaskRecord], deps: &[Vec<usize>]) -> f64 {
         finish[i] = start + (tasks[i].end_seconds - tasks[i].start_seconds).max(0.0);
     }
     finish.into_iter().fold(0.0, f64::max)
-}
-
-/// A run-wide timeout for a task, turned into its error.
-pub async fn with_timeout<T>(
-    what: &str,
-    limit: Duration,
-    future: impl std::future::Future<Output = Result<T, TaskError>>,
-) -> Result<T, TaskError> {
-    match tokio::time::timeout(limit, future).await {
-        Ok(result) => result,
-        Err(_) => Err(TaskError::msg(format!(
-            "{what} did not finish within {}s",
-            limit.as_secs()
-        ))),
-    }
 }
 
 #[cfg(test)]

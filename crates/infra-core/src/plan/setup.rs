@@ -12,7 +12,7 @@ use tokio::sync::OnceCell;
 
 use super::{Outcome, Plan, TaskError, TaskId, TaskKind};
 use crate::cluster::spec::ClusterSpec;
-use crate::cluster::{self, Cluster, ClusterOptions, Existing, Provider};
+use crate::cluster::{self, Cluster, ClusterOptions, Provider};
 use crate::deploy::Applier;
 use crate::deploy::health::{HealthCheck, wait_healthy};
 use crate::engine::Engine;
@@ -188,7 +188,7 @@ impl Setup {
         let key = config.image_name.clone();
         let stored = key.clone();
         let build = self.plan.task(
-            format!("build {}", config.image_name),
+            build_task_name(&config.image_name),
             TaskKind::Build,
             &[],
             move |ctx: Arc<SetupContext>| async move {
@@ -251,7 +251,7 @@ impl Setup {
                 let existing = cluster::find(&ctx.engine, &spec.name)
                     .await
                     .map_err(|e| TaskError::new(&e))?;
-                if existing.is_none() || ctx.cluster_options.existing == Existing::Recreate {
+                if existing.is_none() {
                     ctx.creating_cluster
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -299,7 +299,7 @@ impl Setup {
             .expect("declare the cluster before loading into it");
         let key = image.key.clone();
         self.plan.task(
-            format!("load {}", image.key),
+            load_task_name(&image.key),
             TaskKind::Load,
             &[image.build, cluster],
             move |ctx: Arc<SetupContext>| async move {
@@ -483,4 +483,15 @@ async fn node_gone(ctx: &SetupContext) -> String {
             }
         }
     }
+}
+
+/// The name of the task that builds image `image_name` (e.g.
+/// `build kubernaut/datastorage`), for tools that show plans.
+pub fn build_task_name(image_name: &str) -> String {
+    format!("build {image_name}")
+}
+
+/// The name of the task that loads image `key` into every node.
+pub fn load_task_name(key: &str) -> String {
+    format!("load {key}")
 }
