@@ -233,13 +233,22 @@ fn binary_is_ready_only_after_migrations_and_round_trips_events() {
     assert!(text.contains("datastorage_db_connected 1\n"), "{text}");
     assert_eq!(get(svc.port, "/metrics").status, 404);
 
-    // One log line per request, JSON, on stdout.
-    let requests: Vec<Value> = svc
-        .output()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["msg"] == "request")
-        .collect();
+    // One log line per request, JSON, on stdout. The last request's line may
+    // still be on its way through the pipe: wait for it, bounded.
+    let requests_logged = || -> Vec<Value> {
+        svc.output()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["msg"] == "request")
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut requests = requests_logged();
+    while !requests.iter().any(|r| r["path"] == "/metrics") && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        requests = requests_logged();
+    }
     assert!(
         requests
             .iter()
