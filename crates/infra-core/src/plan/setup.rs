@@ -486,7 +486,7 @@ async fn node_gone(ctx: &SetupContext) -> String {
 }
 
 /// The name of the task that builds image `image_name` (e.g.
-/// `build kubernaut/datastorage`), for tools that show plans.
+/// `build example/api`), for tools that show plans.
 pub fn build_task_name(image_name: &str) -> String {
     format!("build {image_name}")
 }
