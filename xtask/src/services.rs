@@ -5,7 +5,7 @@ use infra_core::run::ServiceSetup;
 
 /// Every service whose setup has been migrated to infra-core.
 pub fn all() -> Vec<&'static dyn ServiceSetup> {
-    vec![&datastorage_e2e::DataStorage]
+    vec![&datastorage_e2e::DataStorage, &gateway_e2e::Gateway]
 }
 
 /// The service called `name`, or an error listing the known ones.

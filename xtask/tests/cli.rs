@@ -293,7 +293,7 @@ async fn e2e_without_kind_fails_at_once_and_suggests_the_sim() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let unknown = cli.run(&["e2e", "billing", "--cluster", "sim"]);
     assert!(!unknown.status.success());
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("known services: datastorage"));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("known services: datastorage, gateway"));
 }
 
 /// The README's main job on a real kind cluster: every suite test runs
@@ -363,6 +363,43 @@ async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
     // Deleted at the end: no node containers left.
     assert_eq!(
         node_containers_of(&all_containers(&offline.engine).await, "datastorage-e2e"),
+        0
+    );
+}
+
+/// Gateway on a real kind cluster: both images, the shared stack and
+/// Gateway; every suite test runs live (alerts become RemediationRequests,
+/// repeats are deduplicated, audit events reach DataStorage); nothing is left.
+#[tokio::test]
+async fn gateway_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
+    let test = "gateway_e2e_on_a_real_kind_cluster_runs_every_suite_test_live";
+    let Some(offline) = testing::offline_kind(test).await else {
+        return;
+    };
+    // One kind cluster at a time: two on two cores make readiness timeouts
+    // a matter of luck.
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let cli = Cli::on(offline.engine.endpoint());
+    let output = cli.run(&["e2e", "gateway", "--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "the kind run failed:\n{stderr}");
+    let report = report(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["cluster"]["provider"], "kind");
+    for name in ["build kubernaut/gateway", "build kubernaut/datastorage"] {
+        let note = task(&report, name)["note"].as_str().unwrap_or_default();
+        assert!(note.starts_with("localhost/kubernaut/"), "{name}: {note}");
+    }
+    let run_dir = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run folder: "))
+        .map(PathBuf::from)
+        .expect("the run folder is printed");
+    let suite = std::fs::read_to_string(run_dir.join("suite.log")).unwrap();
+    assert!(!suite.contains("SKIPPED"), "every test runs live:\n{suite}");
+    assert!(suite.contains("6 passed; 0 failed"), "{suite}");
+    assert_eq!(
+        node_containers_of(&all_containers(&offline.engine).await, "gateway-e2e"),
         0
     );
 }

@@ -16,8 +16,7 @@ use std::time::Duration;
 use infra_core::cluster::spec::{ClusterSpec, NodeSelector};
 use infra_core::deploy::health::HealthCheck;
 use infra_core::image::E2eImageConfig;
-use infra_core::plan::setup::Setup;
-use infra_core::plan::setup::SetupContext;
+use infra_core::plan::setup::{ImageTask, Setup, SetupContext, Stage};
 use infra_core::plan::{Pattern, TaskError, TaskId};
 use infra_core::run::{ServiceSetup, SetupError, SuiteEnv};
 pub mod deployment;
@@ -66,10 +65,6 @@ pub fn postgres() -> PostgresConfig {
     postgres_in(NAMESPACE).node_port(POSTGRES_NODE_PORT)
 }
 
-pub fn redis() -> RedisConfig {
-    RedisConfig::new(NAMESPACE)
-}
-
 /// The reference of an image this run built or provided and loaded.
 fn loaded_reference(ctx: &SetupContext, key: &str) -> Result<String, TaskError> {
     ctx.image(key)
@@ -85,6 +80,119 @@ fn with_image(
 ) -> Result<PostgresConfig, TaskError> {
     pg.image = loaded_reference(ctx, key)?;
     Ok(pg)
+}
+
+/// DataStorage is ready when `/health/ready` answers on `host_port` (the
+/// host side of its NodePort): the database answers and is migrated.
+pub fn health(namespace: &str, host_port: u16) -> HealthCheck {
+    HealthCheck {
+        url: format!("http://127.0.0.1:{host_port}/health/ready"),
+        namespace: namespace.into(),
+        pod_selector: "app=datastorage".into(),
+        pod_port: deployment::API_PORT,
+        timeout: Duration::from_secs(120),
+    }
+}
+
+/// Where the shared stack goes and which NodePorts it publishes.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub namespace: String,
+    /// DataStorage's API on this NodePort (each service maps its own host port).
+    pub datastorage_node_port: Option<u16>,
+    pub postgres_node_port: Option<u16>,
+}
+
+/// The tasks of the shared stack a recipe builds on.
+#[derive(Debug, Clone)]
+pub struct SharedStack {
+    /// The namespace exists.
+    pub namespace: Stage,
+    /// DataStorage's image (built from the repository, loaded into the nodes).
+    pub image: ImageTask,
+    /// PostgreSQL migrated, Redis up, DataStorage deployed and available.
+    pub datastorage: Stage,
+}
+
+/// What every service's E2E needs, as one call: the namespace, PostgreSQL
+/// and Redis (images put into the nodes), the repository's migrations, and
+/// DataStorage built from `repo_root`, loaded and available. PostgreSQL and
+/// Redis deploy while DataStorage's image still builds or loads.
+pub fn shared_stack(
+    setup: &mut Setup,
+    cluster: TaskId,
+    repo_root: &Path,
+    options: &StackOptions,
+) -> Result<SharedStack, SetupError> {
+    let namespace_name = options.namespace.as_str();
+    let image_config = image_config(repo_root);
+    let coverage = image_config.coverage_enabled();
+    let image = setup.build(image_config);
+    let loaded = setup.load(&image);
+    let migrations = load_migrations(&repo_root.join("migrations")).map_err(|e| SetupError {
+        service: SERVICE.into(),
+        problem: infra_core::error_chain(&e),
+    })?;
+    let mut pg = postgres_in(namespace_name);
+    if let Some(port) = options.postgres_node_port {
+        pg = pg.node_port(port);
+    }
+    let redis = RedisConfig::new(namespace_name);
+
+    // PostgreSQL and Redis run images put into the nodes like ours:
+    // pulled once where a registry answers, built offline where none does.
+    let pg_image = setup.third_party(images::postgres());
+    let pg_loaded = setup.load(&pg_image);
+    let redis_image = setup.third_party(images::redis());
+    let redis_loaded = setup.load(&redis_image);
+
+    let ns = setup.component(namespace(namespace_name), &[cluster]);
+    let pg_up = {
+        let (pg, key) = (pg.clone(), pg_image.key.clone());
+        setup.component_with("postgresql".into(), &[ns.ready, pg_loaded], move |ctx| {
+            Ok(with_image(pg, ctx, &key)?.component())
+        })
+    };
+    let redis_up = {
+        let (redis, key) = (redis.clone(), redis_image.key.clone());
+        setup.component_with("redis".into(), &[ns.ready, redis_loaded], move |ctx| {
+            let mut redis = redis;
+            redis.image = loaded_reference(ctx, &key)?;
+            Ok(redis.component())
+        })
+    };
+    let migrated = {
+        let (pg, key) = (pg.clone(), pg_image.key.clone());
+        setup.component_with("migrations".into(), &[pg_up.ready], move |ctx| {
+            let pg = with_image(pg, ctx, &key)?;
+            Ok(migrations::component(
+                &pg,
+                &migrations,
+                Duration::from_secs(180),
+            ))
+        })
+    };
+    let key = image.key.clone();
+    let node_port = options.datastorage_node_port;
+    let ds = setup.component_with(
+        "datastorage".into(),
+        &[loaded, migrated.ready, redis_up.ready],
+        move |ctx| {
+            // The reference that was built and loaded in this run: never a
+            // hard-coded name.
+            let reference = loaded_reference(ctx, &key)?;
+            let mut config = DataStorageConfig::new(&reference, &pg, &redis).coverage(coverage);
+            if let Some(port) = node_port {
+                config = config.node_port(port);
+            }
+            Ok(config.component())
+        },
+    );
+    Ok(SharedStack {
+        namespace: ns,
+        image,
+        datastorage: ds,
+    })
 }
 
 impl ServiceSetup for DataStorage {
@@ -113,76 +221,21 @@ impl ServiceSetup for DataStorage {
         cluster: TaskId,
         repo_root: &Path,
     ) -> Result<SuiteEnv, SetupError> {
-        let image_config = image_config(repo_root);
-        let coverage = image_config.coverage_enabled();
-        let image = setup.build(image_config);
-        let loaded = setup.load(&image);
-        let migrations =
-            load_migrations(&repo_root.join("migrations")).map_err(|e| SetupError {
-                service: SERVICE.into(),
-                problem: infra_core::error_chain(&e),
-            })?;
-        let (pg, redis) = (postgres(), redis());
-
-        // PostgreSQL and Redis run images put into the nodes like ours:
-        // pulled once where a registry answers, built offline where none does.
-        let pg_image = setup.third_party(images::postgres());
-        let pg_loaded = setup.load(&pg_image);
-        let redis_image = setup.third_party(images::redis());
-        let redis_loaded = setup.load(&redis_image);
-
-        let ns = setup.component(namespace(NAMESPACE), &[cluster]);
-        let pg_up = {
-            let (pg, key) = (pg.clone(), pg_image.key.clone());
-            setup.component_with("postgresql".into(), &[ns.ready, pg_loaded], move |ctx| {
-                Ok(with_image(pg, ctx, &key)?.component())
-            })
-        };
-        let redis_up = {
-            let (redis, key) = (redis.clone(), redis_image.key.clone());
-            setup.component_with("redis".into(), &[ns.ready, redis_loaded], move |ctx| {
-                let mut redis = redis;
-                redis.image = loaded_reference(ctx, &key)?;
-                Ok(redis.component())
-            })
-        };
-        let migrated = {
-            let (pg, key) = (pg.clone(), pg_image.key.clone());
-            setup.component_with("migrations".into(), &[pg_up.ready], move |ctx| {
-                let pg = with_image(pg, ctx, &key)?;
-                Ok(migrations::component(
-                    &pg,
-                    &migrations,
-                    Duration::from_secs(180),
-                ))
-            })
-        };
-        let key = image.key.clone();
-        let ds = setup.component_with(
-            "datastorage".into(),
-            &[loaded, migrated.ready, redis_up.ready],
-            move |ctx| {
-                // The reference that was built and loaded in this run: never a
-                // hard-coded name.
-                let built = ctx
-                    .image(&key)
-                    .ok_or_else(|| TaskError::msg(format!("image {key} was not built")))?;
-                let config = DataStorageConfig::new(&built.reference, &pg, &redis)
-                    .node_port(API_NODE_PORT)
-                    .coverage(coverage);
-                Ok(config.component())
+        let stack = shared_stack(
+            setup,
+            cluster,
+            repo_root,
+            &StackOptions {
+                namespace: NAMESPACE.into(),
+                datastorage_node_port: Some(API_NODE_PORT),
+                postgres_node_port: Some(POSTGRES_NODE_PORT),
             },
-        );
+        )?;
+        let ds = stack;
         setup.health(
             "datastorage",
-            HealthCheck {
-                url: format!("http://127.0.0.1:{API_HOST_PORT}/health/ready"),
-                namespace: NAMESPACE.into(),
-                pod_selector: "app=datastorage".into(),
-                pod_port: deployment::API_PORT,
-                timeout: Duration::from_secs(120),
-            },
-            &[ds.ready],
+            health(NAMESPACE, API_HOST_PORT),
+            &[ds.datastorage.ready],
         );
         Ok(SuiteEnv {
             namespace: NAMESPACE.into(),

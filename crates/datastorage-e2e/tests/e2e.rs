@@ -13,37 +13,12 @@
     reason = "a test fails by panicking"
 )]
 
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use infra_core::run::SuiteEnv;
+use infra_core::suite::{client, env, request, workloads_run};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
-
-fn env() -> SuiteEnv {
-    SuiteEnv::from_env().unwrap_or_else(|why| panic!("{why}"))
-}
-
-/// False (after saying so) when workloads do not run in this environment.
-fn workloads_run(env: &SuiteEnv, test: &str) -> bool {
-    if env.runs_workloads() {
-        return true;
-    }
-    println!(
-        "SKIPPED {test}: the {} cluster runs no containers",
-        env.provider
-    );
-    false
-}
-
-async fn client(env: &SuiteEnv) -> kube::Client {
-    infra_core::cluster::client_from_kubeconfig(&env.kubeconfig)
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn the_deployment_runs_the_image_that_was_loaded_and_never_pulls() {
@@ -117,32 +92,6 @@ async fn services_use_the_node_ports_kind_maps_to_the_host() {
         node_port(pg, "postgres"),
         Some(i32::from(datastorage_e2e::POSTGRES_NODE_PORT))
     );
-}
-
-async fn request(
-    method: &str,
-    url: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
-        .await
-        .expect("an answer within 10s")
-        .unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
 }
 
 #[tokio::test]

@@ -27,6 +27,8 @@ pub mod report;
 pub mod run;
 pub mod stack;
 #[cfg(feature = "testing")]
+pub mod suite;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod toolchain;
 

@@ -2,7 +2,10 @@
 # Builds the static binary of one service for its FROM-scratch image and puts
 # it in bin/<service> under this example (the images' build context).
 #
-#   scripts/prebuild.sh <service>          e.g. scripts/prebuild.sh datastorage
+#   scripts/prebuild.sh <service>          e.g. scripts/prebuild.sh gateway
+#
+# A Go service (cmd/<service>/main.go) is built with CGO off and -trimpath; a
+# Rust one (<service>/Cargo.toml) as follows.
 #
 # The binary is built with glibc linked statically (no musl target needed) into
 # <workspace>/target/static, a target dir of its own so that these RUSTFLAGS do
@@ -21,34 +24,44 @@ service=$1
 case $service in '' | */* | .*) usage ;; esac
 
 example_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-manifest="$example_root/$service/Cargo.toml"
-if [ ! -f "$manifest" ]; then
-  echo "prebuild: no service \`$service\` (expected $service/Cargo.toml in the example)" >&2
+tmp_built=
+trap 'rm -f "$tmp_built"' EXIT
+if [ -f "$example_root/cmd/$service/main.go" ]; then
+  # A Go service: static (CGO off), paths trimmed so the bytes do not depend on
+  # where the checkout is. GOFLAGS from the environment applies (the E2E build
+  # sets GOFLAGS=-cover for coverage runs).
+  tmp_built=$(mktemp "${TMPDIR:-/tmp}/prebuild-$service.XXXXXX")
+  (cd "$example_root" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -o "$tmp_built" "./cmd/$service")
+  built=$tmp_built
+elif [ -f "$example_root/$service/Cargo.toml" ]; then
+  manifest="$example_root/$service/Cargo.toml"
+  workspace_manifest=$(cargo locate-project --workspace --message-format plain --manifest-path "$manifest")
+  workspace_root=$(dirname "$workspace_manifest")
+
+  profile=${PREBUILD_PROFILE:-e2e-image}
+  # The host's own target triple: glibc static linking works for it, and an
+  # explicit --target keeps RUSTFLAGS away from build scripts and proc macros.
+  target=$(rustc -vV | sed -n 's/^host: //p')
+  target_dir="$workspace_root/target/static"
+  case $profile in
+    dev | debug) profile_dir=debug ;;
+    *) profile_dir=$profile ;;
+  esac
+
+  # Only these flags: an inherited CARGO_ENCODED_RUSTFLAGS would override them.
+  unset CARGO_ENCODED_RUSTFLAGS
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build \
+    --manifest-path "$manifest" \
+    --bin "$service" \
+    --profile "$profile" \
+    --target "$target" \
+    --target-dir "$target_dir"
+  built="$target_dir/$target/$profile_dir/$service"
+else
+  echo "prebuild: no service \`$service\` (expected cmd/$service/main.go or $service/Cargo.toml in the example)" >&2
   exit 2
 fi
-workspace_manifest=$(cargo locate-project --workspace --message-format plain --manifest-path "$manifest")
-workspace_root=$(dirname "$workspace_manifest")
 
-profile=${PREBUILD_PROFILE:-e2e-image}
-# The host's own target triple: glibc static linking works for it, and an
-# explicit --target keeps RUSTFLAGS away from build scripts and proc macros.
-target=$(rustc -vV | sed -n 's/^host: //p')
-target_dir="$workspace_root/target/static"
-case $profile in
-  dev | debug) profile_dir=debug ;;
-  *) profile_dir=$profile ;;
-esac
-
-# Only these flags: an inherited CARGO_ENCODED_RUSTFLAGS would override them.
-unset CARGO_ENCODED_RUSTFLAGS
-RUSTFLAGS='-C target-feature=+crt-static' cargo build \
-  --manifest-path "$manifest" \
-  --bin "$service" \
-  --profile "$profile" \
-  --target "$target" \
-  --target-dir "$target_dir"
-
-built="$target_dir/$target/$profile_dir/$service"
 dest_dir="$example_root/bin"
 dest="$dest_dir/$service"
 mkdir -p "$dest_dir"
@@ -58,9 +71,8 @@ if [ -f "$dest" ] && cmp -s "$built" "$dest"; then
 fi
 # Replace atomically: a concurrent image build sees the old or the new file.
 tmp=$(mktemp "$dest_dir/.$service.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
+trap 'rm -f "$tmp" "$tmp_built"' EXIT
 cp "$built" "$tmp"
 chmod 0755 "$tmp"
 mv -f "$tmp" "$dest"
-trap - EXIT
 echo "prebuild: bin/$service updated ($(stat -c %s "$dest") bytes)" >&2

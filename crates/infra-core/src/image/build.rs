@@ -490,6 +490,9 @@ async fn run_pre_build(
         .arg("-c")
         .arg(command)
         .current_dir(&config.build_context)
+        // The build args are its environment too: a host-compiled binary
+        // sees `GOFLAGS=-cover` exactly when the engine build would.
+        .envs(config.effective_build_args())
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()

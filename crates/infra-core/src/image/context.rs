@@ -87,8 +87,9 @@ pub struct DigestInputs<'a> {
 }
 
 impl BuildContext {
-    /// Walks `root`, applying its `.dockerignore`. `dockerfile` is relative to
-    /// `root`; it and `.dockerignore` are always sent, as Docker does.
+    /// Walks `root`, applying `<dockerfile>.dockerignore` when it exists, else
+    /// the root `.dockerignore`. `dockerfile` is relative to `root`; it and
+    /// the ignore file used are always sent, as Docker does.
     #[allow(clippy::expect_used, reason = "walkdir yields paths inside its root")]
     pub fn scan(root: &Path, dockerfile: &Path) -> Result<BuildContext, ContextError> {
         if !root.is_dir() {
@@ -114,13 +115,22 @@ impl BuildContext {
             .to_string_lossy()
             .replace('\\', "/");
 
-        let ignore_path = root.join(".dockerignore");
+        // As BuildKit does: `<Dockerfile>.dockerignore` next to the Dockerfile,
+        // when there is one, replaces the root `.dockerignore`. Images built
+        // from one repository root then hash (and send) only their own inputs.
+        let own_ignore = format!("{dockerfile_rel}.dockerignore");
+        let ignore_rel = if root.join(&own_ignore).is_file() {
+            own_ignore
+        } else {
+            ".dockerignore".to_string()
+        };
+        let ignore_path = root.join(&ignore_rel);
         let ignore = match fs::read_to_string(&ignore_path) {
             Ok(text) => DockerIgnore::parse(&text)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore::default(),
             Err(e) => return Err(io_err(&ignore_path)(e)),
         };
-        let always_sent = |rel: &str| rel == dockerfile_rel || rel == ".dockerignore";
+        let always_sent = |rel: &str| rel == dockerfile_rel || rel == ignore_rel;
 
         let mut entries = Vec::new();
         let mut walk = walkdir::WalkDir::new(&root)
@@ -363,6 +373,41 @@ mod tests {
                 "src/main.rs"
             ]
         );
+    }
+
+    #[test]
+    fn a_dockerfiles_own_ignore_file_replaces_the_root_one() {
+        let dir = sample();
+        write(dir.path(), "bin/a", "a\n");
+        write(dir.path(), "bin/b", "b\n");
+        write(
+            dir.path(),
+            "docker/a.Dockerfile",
+            "FROM scratch\nCOPY bin/a /a\n",
+        );
+        write(
+            dir.path(),
+            "docker/a.Dockerfile.dockerignore",
+            "*\n!bin/a\n",
+        );
+        fs::write(dir.path().join(".dockerignore"), "src\n").unwrap();
+        let scan = |dockerfile: &str| {
+            BuildContext::scan(dir.path(), Path::new(dockerfile))
+                .unwrap()
+                .paths()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            scan("docker/a.Dockerfile"),
+            [
+                "bin/a",
+                "docker/a.Dockerfile",
+                "docker/a.Dockerfile.dockerignore"
+            ]
+        );
+        // Another Dockerfile still uses the root file.
+        assert!(scan("Dockerfile").contains(&"bin/b".to_string()));
     }
 
     #[test]

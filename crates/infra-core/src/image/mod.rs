@@ -56,7 +56,8 @@ pub struct E2eImageConfig {
     pub target: Option<String>,
     /// A shell command run on the host, in the build context, before the
     /// context is read: for projects that compile on the host and `COPY` the
-    /// result into the image.
+    /// result into the image. Its environment includes the build args (so
+    /// `GOFLAGS=-cover` reaches a host `go build` when coverage is on).
     pub pre_build: Option<String>,
     /// Where the build log goes (`build-<service>-<image>.log`); defaults to
     /// `target/e2e/logs` under the current directory.

@@ -8,6 +8,7 @@
 //! misspelt field cannot slip through.
 
 pub mod images;
+pub mod manifests;
 pub mod migrations;
 pub mod postgres;
 pub mod redis;

@@ -417,12 +417,25 @@ pub async fn serve(state_dir: &Path) -> Result<(), ClusterError> {
         cluster: state_dir.display().to_string(),
         problem: format!("spec.json is not valid: {e}"),
     })?;
-    let engine = Engine::connect_to(&state.engine_endpoint)
-        .await
-        .map_err(|why| ClusterError::Sim {
-            cluster: state.cluster.clone(),
-            problem: format!("engine {} does not answer: {why}", state.engine_endpoint),
-        })?;
+    // Podman's /version takes most of a second when idle and more than the
+    // 3 s a single attempt allows while the run builds images beside it: the
+    // supervisor, already in the background, tries for up to 30 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let engine = loop {
+        match Engine::connect_to(&state.engine_endpoint).await {
+            Ok(engine) => break engine,
+            Err(why) if std::time::Instant::now() >= deadline => {
+                return Err(ClusterError::Sim {
+                    cluster: state.cluster.clone(),
+                    problem: format!(
+                        "engine {} does not answer (tried for 30 s): {why}",
+                        state.engine_endpoint
+                    ),
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
     let mut handle = start_api(engine.clone(), &state, state_dir).await?;
     write_private(&state.kubeconfig, &handle.plane.kubeconfig())?;
     let info = ServerInfo {

@@ -1,0 +1,3 @@
+module kubernaut-lite
+
+go 1.26
