@@ -5,7 +5,11 @@ use infra_core::run::ServiceSetup;
 
 /// Every service whose setup has been migrated to infra-core.
 pub fn all() -> Vec<&'static dyn ServiceSetup> {
-    vec![&datastorage_e2e::DataStorage, &gateway_e2e::Gateway]
+    vec![
+        &datastorage_e2e::DataStorage,
+        &gateway_e2e::Gateway,
+        &notification_e2e::Notification,
+    ]
 }
 
 /// The service called `name`, or an error listing the known ones.

@@ -293,7 +293,10 @@ async fn e2e_without_kind_fails_at_once_and_suggests_the_sim() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let unknown = cli.run(&["e2e", "billing", "--cluster", "sim"]);
     assert!(!unknown.status.success());
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("known services: datastorage, gateway"));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("known services: datastorage, gateway, notification")
+    );
 }
 
 /// The README's main job on a real kind cluster: every suite test runs
@@ -367,41 +370,69 @@ async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
     );
 }
 
-/// Gateway on a real kind cluster: both images, the shared stack and
-/// Gateway; every suite test runs live (alerts become RemediationRequests,
-/// repeats are deduplicated, audit events reach DataStorage); nothing is left.
+/// Gateway and Notification on real kind clusters, both runs at once (two
+/// services never collide: names, host ports, run folders, locks differ).
+/// Each builds its image and DataStorage's, deploys the shared stack and its
+/// service, and every suite test runs live: alerts become RemediationRequests
+/// and repeats are deduplicated; NotificationRequests are delivered to files
+/// on the host; both audit in DataStorage. Nothing is left behind.
 #[tokio::test]
-async fn gateway_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
-    let test = "gateway_e2e_on_a_real_kind_cluster_runs_every_suite_test_live";
+async fn gateway_and_notification_at_once_on_real_kind_clusters_run_every_suite_test_live() {
+    let test = "gateway_and_notification_at_once_on_real_kind_clusters_run_every_suite_test_live";
     let Some(offline) = testing::offline_kind(test).await else {
         return;
     };
-    // One kind cluster at a time: two on two cores make readiness timeouts
-    // a matter of luck.
+    // No third kind cluster beside these two on a small machine.
     let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
-    let cli = Cli::on(offline.engine.endpoint());
-    let output = cli.run(&["e2e", "gateway", "--json"]);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "the kind run failed:\n{stderr}");
-    let report = report(&String::from_utf8_lossy(&output.stdout));
-    assert_eq!(report["ok"], true);
-    assert_eq!(report["cluster"]["provider"], "kind");
-    for name in ["build kubernaut/gateway", "build kubernaut/datastorage"] {
-        let note = task(&report, name)["note"].as_str().unwrap_or_default();
-        assert!(note.starts_with("localhost/kubernaut/"), "{name}: {note}");
+    let cli = std::sync::Arc::new(Cli::on(offline.engine.endpoint()));
+    let runs: Vec<_> = [("gateway", 6), ("notification", 5)]
+        .into_iter()
+        .map(|(service, tests)| {
+            let cli = cli.clone();
+            std::thread::spawn(move || (service, tests, cli.run(&["e2e", service, "--json"])))
+        })
+        .collect();
+    for run in runs {
+        let (service, tests, output) = run.join().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "{service} on kind failed:\n{stderr}"
+        );
+        let report = report(&String::from_utf8_lossy(&output.stdout));
+        assert_eq!(report["ok"], true, "{service}");
+        assert_eq!(report["cluster"]["provider"], "kind");
+        for image in [
+            format!("kubernaut/{service}"),
+            "kubernaut/datastorage".into(),
+        ] {
+            let note = task(&report, &format!("build {image}"))["note"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(note.starts_with("localhost/kubernaut/"), "{image}: {note}");
+        }
+        let run_dir = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("run folder: "))
+            .map(PathBuf::from)
+            .expect("the run folder is printed");
+        let suite = std::fs::read_to_string(run_dir.join("suite.log")).unwrap();
+        assert!(
+            !suite.contains("SKIPPED"),
+            "{service}: every test runs live:\n{suite}"
+        );
+        assert!(
+            suite.contains(&format!("{tests} passed; 0 failed")),
+            "{service}: {suite}"
+        );
+        let cluster = format!("{service}-e2e");
+        assert_eq!(
+            node_containers_of(&all_containers(&offline.engine).await, &cluster),
+            0,
+            "{cluster} is deleted"
+        );
     }
-    let run_dir = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("run folder: "))
-        .map(PathBuf::from)
-        .expect("the run folder is printed");
-    let suite = std::fs::read_to_string(run_dir.join("suite.log")).unwrap();
-    assert!(!suite.contains("SKIPPED"), "every test runs live:\n{suite}");
-    assert!(suite.contains("6 passed; 0 failed"), "{suite}");
-    assert_eq!(
-        node_containers_of(&all_containers(&offline.engine).await, "gateway-e2e"),
-        0
-    );
 }
 
 fn report(stdout: &str) -> serde_json::Value {

@@ -13,7 +13,6 @@
     reason = "a test fails by panicking"
 )]
 
-
 use infra_core::suite::{client, env, request, workloads_run};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
