@@ -9,6 +9,7 @@ pub fn all() -> Vec<&'static dyn ServiceSetup> {
         &datastorage_e2e::DataStorage,
         &gateway_e2e::Gateway,
         &notification_e2e::Notification,
+        &authwebhook_e2e::AuthWebhook,
     ]
 }
 

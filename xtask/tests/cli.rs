@@ -295,7 +295,7 @@ async fn e2e_without_kind_fails_at_once_and_suggests_the_sim() {
     assert!(!unknown.status.success());
     assert!(
         String::from_utf8_lossy(&unknown.stderr)
-            .contains("known services: datastorage, gateway, notification")
+            .contains("known services: datastorage, gateway, notification, authwebhook")
     );
 }
 
@@ -433,6 +433,40 @@ async fn gateway_and_notification_at_once_on_real_kind_clusters_run_every_suite_
             "{cluster} is deleted"
         );
     }
+}
+
+/// AuthWebhook on a real kind cluster: the API server really calls the
+/// webhook over TLS with this run's certificates (a status update stamped,
+/// a DELETE refused until approved); nothing is left behind.
+#[tokio::test]
+async fn authwebhook_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
+    let test = "authwebhook_e2e_on_a_real_kind_cluster_runs_every_suite_test_live";
+    let Some(offline) = testing::offline_kind(test).await else {
+        return;
+    };
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let cli = Cli::on(offline.engine.endpoint());
+    let output = cli.run(&["e2e", "authwebhook", "--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "the kind run failed:\n{stderr}");
+    let report = report(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(report["ok"], true);
+    let run_dir = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("run folder: "))
+        .map(PathBuf::from)
+        .expect("the run folder is printed");
+    let suite = std::fs::read_to_string(run_dir.join("suite.log")).unwrap();
+    assert!(!suite.contains("SKIPPED"), "every test runs live:\n{suite}");
+    assert!(suite.contains("3 passed; 0 failed"), "{suite}");
+    // The run's private key is in the run folder, readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(run_dir.join("authwebhook-tls/tls.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        node_containers_of(&all_containers(&offline.engine).await, "authwebhook-e2e"),
+        0
+    );
 }
 
 fn report(stdout: &str) -> serde_json::Value {

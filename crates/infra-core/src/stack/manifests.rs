@@ -176,6 +176,26 @@ impl Manifests {
         Ok(self)
     }
 
+    /// Sets `ca_pem` (base64) as the `caBundle` of every webhook of every
+    /// webhook configuration: the API server then trusts the webhook's
+    /// serving certificate.
+    pub fn ca_bundle(mut self, ca_pem: &str) -> Manifests {
+        use base64::Engine as _;
+        let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+        for object in &mut self.objects {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            if !kind.ends_with("WebhookConfiguration") {
+                continue;
+            }
+            if let Some(webhooks) = object["webhooks"].as_array_mut() {
+                for webhook in webhooks {
+                    webhook["clientConfig"]["caBundle"] = serde_json::json!(bundle);
+                }
+            }
+        }
+        self
+    }
+
     /// The objects, in file order.
     pub fn objects(&self) -> Result<Vec<DynamicObject>, DeployError> {
         self.objects
@@ -303,11 +323,26 @@ spec:
                 Duration::from_secs(5)
             )]
         );
-        let err = m.image("gateway", "x").unwrap_err().to_string();
-        assert!(
-            err.contains("`gateway`") && err.contains("gw, fix"),
-            "{err}"
-        );
+        let err = m.image("server", "x").unwrap_err().to_string();
+        assert!(err.contains("`server`") && err.contains("gw, fix"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_get_the_ca_bundle_and_the_run_namespace() {
+        let dir = folder(&[(
+            "w.yaml",
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\n\
+             metadata: {name: v}\nwebhooks:\n- name: a.x.io\n  clientConfig:\n    \
+             service: {name: hook, path: /validate}\n",
+        )]);
+        let m = Manifests::load(dir.path())
+            .unwrap()
+            .in_namespace("ns1")
+            .ca_bundle("PEM");
+        let hook = &m.values()[0]["webhooks"][0]["clientConfig"];
+        assert_eq!(hook["caBundle"], "UEVN");
+        assert_eq!(hook["service"]["namespace"], "ns1");
+        assert!(m.values()[0]["metadata"]["namespace"].is_null());
     }
 
     #[test]

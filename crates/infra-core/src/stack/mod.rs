@@ -12,6 +12,7 @@ pub mod manifests;
 pub mod migrations;
 pub mod postgres;
 pub mod redis;
+pub mod tls;
 
 use std::time::Duration;
 
