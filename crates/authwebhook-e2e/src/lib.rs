@@ -136,9 +136,12 @@ impl ServiceSetup for AuthWebhook {
                 serving
                     .write_to(&ctx.run_dir.join("authwebhook-tls"))
                     .map_err(|e| task_error(format!("writing the certificates: {e}")))?;
+                // A new certificate (every run makes one) rolls the pod on a
+                // reused cluster: the process reads it once, at start.
                 let mut component = webhook
                     .image(CONTAINER, &built.reference)
                     .map_err(task_error)?
+                    .pod_annotation("kubernaut.ai/tls-sha256", &serving.fingerprint())
                     .component("authwebhook", Duration::from_secs(180))
                     .map_err(task_error)?;
                 component

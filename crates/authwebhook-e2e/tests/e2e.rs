@@ -14,7 +14,9 @@
 
 use base64::Engine as _;
 use infra_core::run::SuiteEnv;
-use infra_core::suite::{client, env, workloads_run};
+use std::time::Duration;
+
+use infra_core::suite::{client, env, eventually, workloads_run};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
@@ -30,7 +32,8 @@ fn notification_requests(client: kube::Client, namespace: &str) -> Api<DynamicOb
 }
 
 async fn create(env: &SuiteEnv, test: &str) -> (String, Api<DynamicObject>) {
-    let suffix = env.run_id.rsplit('-').next().unwrap_or("run");
+    // `<service>-<seconds>-<hex>`: the part after the service is unique.
+    let suffix = env.run_id.split_once('-').map_or("run", |(_, rest)| rest);
     let name = format!("{test}-{suffix}");
     let api = notification_requests(client(env).await, &env.namespace);
     let object: DynamicObject = serde_json::from_value(serde_json::json!({
@@ -101,11 +104,23 @@ async fn a_status_update_is_stamped_with_the_user_by_the_mutating_webhook() {
         .and_then(|u| u.username)
         .unwrap();
     let (name, api) = create(&env, test).await;
+    // The API server starts calling a new configuration a moment after it
+    // exists: until then an update goes through unstamped (or the call
+    // fails); retry, bounded.
     let patch = serde_json::json!({"status": {"phase": "Sent", "channel": "file"}});
-    let updated = api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    let updated = eventually(
+        "a status update stamped by the webhook",
+        Duration::from_secs(30),
+        || async {
+            let updated = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .ok()?;
+            updated.data["status"].get("lastModifiedBy")?;
+            Some(updated)
+        },
+    )
+    .await;
     assert_eq!(updated.data["status"]["phase"], "Sent");
     assert_eq!(
         updated.data["status"]["lastModifiedBy"],
@@ -123,6 +138,24 @@ async fn a_delete_is_refused_by_the_validating_webhook_until_approved() {
         return;
     }
     let (name, api) = create(&env, test).await;
+    // As above: wait (bounded, with dry-run deletes) until the API server
+    // calls the new configuration, then the real DELETE must be refused.
+    let dry_run = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    eventually(
+        "the validating webhook refusing a DELETE",
+        Duration::from_secs(30),
+        || async {
+            let error = api.delete(&name, &dry_run).await.err()?;
+            error
+                .to_string()
+                .contains("kubernaut.ai/deletion-approved")
+                .then_some(())
+        },
+    )
+    .await;
     let refused = api
         .delete(&name, &DeleteParams::default())
         .await

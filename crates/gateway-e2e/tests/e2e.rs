@@ -28,13 +28,15 @@ fn remediation_requests(client: kube::Client, namespace: &str) -> Api<DynamicObj
     Api::namespaced_with(client, namespace, &ApiResource::from_gvk(&gvk))
 }
 
-/// An alert no other test sends (the fingerprint comes from the labels).
+/// An alert no other test, and no earlier run on a reused cluster, sends:
+/// the fingerprint comes from the labels, which carry this run's id.
 fn alert(name: &str) -> serde_json::Value {
+    let run = env().run_id;
     serde_json::json!({
         "version": "4", "status": "firing",
         "alerts": [{
             "status": "firing",
-            "labels": {"alertname": name, "severity": "critical", "namespace": "prod", "pod": "api-7"},
+            "labels": {"alertname": name, "run": run, "severity": "critical", "namespace": "prod", "pod": "api-7"},
             "annotations": {"summary": format!("{name} fired")},
             "startsAt": "2026-01-02T03:04:05Z"
         }]
@@ -208,19 +210,24 @@ async fn bad_alerts_are_refused_naming_the_field_and_metrics_count_signals() {
         answer["error"].as_str().unwrap().contains("alertname"),
         "{answer}"
     );
-    send(&env, alert("E2eCounted")).await;
-    let metrics = eventually("the signal counter", Duration::from_secs(10), || async {
-        let url = format!("{}/metrics", endpoint(&env, "gateway-metrics"));
+    let url = format!("{}/metrics", endpoint(&env, "gateway-metrics"));
+    let created = || async {
         let (status, body) = request_bytes("GET", &url, None).await;
-        let text = String::from_utf8_lossy(&body).into_owned();
-        (status == 200 && text.contains("gateway_signals_received_total ")).then_some(text)
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_remediation_requests_created_total "))
+            .map(|v| v.parse::<f64>().unwrap())
+            .unwrap_or(0.0)
+    };
+    let before = created().await;
+    let (status, answer) = send(&env, alert("E2eCounted")).await;
+    assert_eq!(status, 201, "{answer}");
+    // Counted before the answer was sent; other tests only ever add to it.
+    let after = eventually("the created counter", Duration::from_secs(10), || async {
+        let now = created().await;
+        (now > before).then_some(now)
     })
     .await;
-    let received: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway_signals_received_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(received >= 1.0, "{metrics}");
+    assert!(after >= before + 1.0, "{before} → {after}");
 }

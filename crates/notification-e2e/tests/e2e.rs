@@ -31,7 +31,8 @@ fn notification_requests(client: kube::Client, namespace: &str) -> Api<DynamicOb
 /// A NotificationRequest named after the test and this run (names are unique
 /// across runs that reuse the cluster and the delivery folder).
 async fn create(env: &SuiteEnv, test: &str, channel: &str) -> (String, Api<DynamicObject>) {
-    let suffix = env.run_id.rsplit('-').next().unwrap_or("run");
+    // `<service>-<seconds>-<hex>`: the part after the service is unique.
+    let suffix = env.run_id.split_once('-').map_or("run", |(_, rest)| rest);
     let name = format!("{test}-{suffix}");
     let api = notification_requests(client(env).await, &env.namespace);
     let object: DynamicObject = serde_json::from_value(serde_json::json!({

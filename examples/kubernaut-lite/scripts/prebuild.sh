@@ -31,7 +31,7 @@ if [ -f "$example_root/cmd/$service/main.go" ]; then
   # where the checkout is. GOFLAGS from the environment applies (the E2E build
   # sets GOFLAGS=-cover for coverage runs).
   tmp_built=$(mktemp "${TMPDIR:-/tmp}/prebuild-$service.XXXXXX")
-  (cd "$example_root" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -o "$tmp_built" "./cmd/$service")
+  (cd "$example_root" && CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false -o "$tmp_built" "./cmd/$service")
   built=$tmp_built
 elif [ -f "$example_root/$service/Cargo.toml" ]; then
   manifest="$example_root/$service/Cargo.toml"

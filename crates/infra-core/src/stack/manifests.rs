@@ -196,6 +196,18 @@ impl Manifests {
         self
     }
 
+    /// Sets the annotation `key` on the pod template of every workload (a
+    /// change rolls its pods).
+    pub fn pod_annotation(mut self, key: &str, value: &str) -> Manifests {
+        for object in &mut self.objects {
+            if workload_kind(object).is_some() && object["spec"]["template"].is_object() {
+                object["spec"]["template"]["metadata"]["annotations"][key] =
+                    serde_json::json!(value);
+            }
+        }
+        self
+    }
+
     /// The objects, in file order.
     pub fn objects(&self) -> Result<Vec<DynamicObject>, DeployError> {
         self.objects
@@ -310,6 +322,11 @@ spec:
             .in_namespace("ns1")
             .image("gw", "localhost/gw:abc")
             .unwrap();
+        let m = m.pod_annotation("example.org/rev", "7");
+        assert_eq!(
+            m.values()[2]["spec"]["template"]["metadata"]["annotations"]["example.org/rev"],
+            "7"
+        );
         let pod = &m.values()[2]["spec"]["template"]["spec"];
         assert_eq!(pod["containers"][0]["image"], "localhost/gw:abc");
         assert_eq!(pod["initContainers"][0]["image"], "busybox");

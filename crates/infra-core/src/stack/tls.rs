@@ -70,6 +70,14 @@ impl ServingCert {
         })
     }
 
+    /// The SHA-256 of the serving certificate (hex): as a pod-template
+    /// annotation it rolls the pods that mount a Secret holding a new one,
+    /// since a process reads its certificate once, at start.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(self.cert_pem.as_bytes()))
+    }
+
     /// The `kubernetes.io/tls` Secret `name` with `tls.crt`, `tls.key` and
     /// `ca.crt`.
     pub fn secret(&self, namespace: &str, name: &str) -> DynamicObject {

@@ -1,7 +1,7 @@
 // Notification: a controller delivering NotificationRequests.
 //
 //	notification                        run the controller
-//	notification fix-permissions <dir>  make <dir> writable by uid 65532 (init container)
+//	notification fix-permissions <dir>  make <dir> writable by the controller (init container)
 //
 // Configuration: POD_NAMESPACE (watched), DELIVERY_DIR (default
 // /tmp/e2e-notifications), DATASTORAGE_URL (required), METRICS_ADDR
@@ -20,8 +20,6 @@ import (
 	"kubernaut-lite/pkg/service"
 )
 
-const controllerUID = 65532
-
 func main() {
 	log := service.Logger("notification")
 	deliveryDir := service.Env("DELIVERY_DIR", "/tmp/e2e-notifications")
@@ -30,7 +28,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "usage: notification [fix-permissions <dir>]")
 			os.Exit(2)
 		}
-		if err := notification.FixPermissions(os.Args[2], controllerUID, controllerUID); err != nil {
+		if err := notification.FixPermissions(os.Args[2]); err != nil {
 			service.Fatal(log, "fix-permissions", err)
 		}
 		log.Info("delivery folder ready", "dir", os.Args[2])

@@ -206,13 +206,12 @@ func (c *Controller) deliver(item Request, channel string) (string, error) {
 }
 
 // FixPermissions makes the delivery folder writable by the controller's
-// user (the init container runs this as root).
-func FixPermissions(dir string, uid, gid int) error {
+// user (the init container runs this as root). The folder keeps its owner
+// (on the host, whoever ran the E2E), who can still remove what was
+// delivered; a chown to the controller's user would take that away.
+func FixPermissions(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := os.Chown(dir, uid, gid); err != nil {
-		return err
-	}
-	return os.Chmod(dir, 0o775)
+	return os.Chmod(dir, 0o777)
 }
