@@ -41,6 +41,10 @@ pub struct E2eArgs {
     /// Build every image from scratch (no cache).
     #[arg(long)]
     rebuild: bool,
+    /// Build the images with `GOFLAGS=-cover`, and after the suite collect
+    /// each workload's coverage into `<run folder>/coverage/`.
+    #[arg(long, env = "E2E_COVERAGE")]
+    coverage: bool,
     /// When another run of this service is in progress, wait for it to
     /// finish instead of failing at once.
     #[arg(long)]
@@ -150,6 +154,7 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
         repo_root: repo_root(args.repo_root)?,
         runs_dir: crate::e2e_dir(),
         rebuild: args.rebuild,
+        coverage: args.coverage,
         cluster_options: crate::cluster_options(&engine).await?,
     };
     eprintln!(
@@ -378,6 +383,7 @@ pub async fn compare(args: CompareArgs) -> Result<ExitCode> {
                 repo_root: repo_root.clone(),
                 runs_dir: crate::e2e_dir(),
                 rebuild: args.cold,
+                coverage: false,
                 cluster_options: crate::cluster_options(&engine).await?,
             };
             let outcome = run_once(

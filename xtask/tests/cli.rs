@@ -439,14 +439,14 @@ async fn gateway_and_notification_at_once_on_real_kind_clusters_run_every_suite_
 /// webhook over TLS with this run's certificates (a status update stamped,
 /// a DELETE refused until approved); nothing is left behind.
 #[tokio::test]
-async fn authwebhook_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
-    let test = "authwebhook_e2e_on_a_real_kind_cluster_runs_every_suite_test_live";
+async fn authwebhook_e2e_on_a_real_kind_cluster_runs_every_suite_test_live_with_coverage() {
+    let test = "authwebhook_e2e_on_a_real_kind_cluster_runs_every_suite_test_live_with_coverage";
     let Some(offline) = testing::offline_kind(test).await else {
         return;
     };
     let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
     let cli = Cli::on(offline.engine.endpoint());
-    let output = cli.run(&["e2e", "authwebhook", "--json"]);
+    let output = cli.run(&["e2e", "authwebhook", "--coverage", "--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "the kind run failed:\n{stderr}");
     let report = report(&String::from_utf8_lossy(&output.stdout));
@@ -463,6 +463,23 @@ async fn authwebhook_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
     use std::os::unix::fs::PermissionsExt;
     let key = std::fs::metadata(run_dir.join("authwebhook-tls/tls.key")).unwrap();
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    // Coverage: the webhook's counters were written when it was scaled to
+    // zero, copied out of the nodes and read with `go tool covdata`.
+    let workloads = report["coverage"]["workloads"].as_array().unwrap();
+    let webhook = workloads
+        .iter()
+        .find(|w| w["workload"] == "authwebhook")
+        .unwrap_or_else(|| panic!("no coverage of authwebhook in {report}"));
+    let percent = webhook["percent"].as_f64().unwrap_or_else(|| panic!("{webhook}"));
+    assert!(percent > 0.0 && percent <= 100.0, "{webhook}");
+    let profile = std::fs::read_to_string(webhook["profile"].as_str().unwrap()).unwrap();
+    assert!(profile.starts_with("mode: "), "{profile}");
+    assert!(profile.contains("kubernaut-lite/pkg/authwebhook/"), "{profile}");
+    assert!(stderr.contains("coverage: authwebhook "), "{stderr}");
+    // Nothing of the run stays in the repository's mounted coverdata folder.
+    let run_id = run_dir.file_name().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernaut-lite");
+    assert!(!repo.join("coverdata").join(run_id).exists());
     assert_eq!(
         node_containers_of(&all_containers(&offline.engine).await, "authwebhook-e2e"),
         0
@@ -493,7 +510,7 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
     let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
     let cli = Cli::new();
     for pattern in ["standard", "hybrid", "pipelined"] {
-        let output = cli.run(&[
+        let mut args = vec![
             "e2e",
             "datastorage",
             "--cluster",
@@ -501,10 +518,28 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
             "--pattern",
             pattern,
             "--json",
-        ]);
+        ];
+        // One coverage run: the sim runs nothing, and says so.
+        let coverage = pattern == "hybrid";
+        if coverage {
+            args.push("--coverage");
+        }
+        let output = cli.run(&args);
         let report = report(&String::from_utf8_lossy(&output.stdout));
         assert!(output.status.success(), "{pattern}: {report}");
         assert_eq!(report["ok"], true);
+        if coverage {
+            assert_eq!(
+                report["coverage"]["not_collected"], "the sim cluster runs no containers",
+                "{report}"
+            );
+            assert!(
+                String::from_utf8_lossy(&output.stderr)
+                    .contains("coverage: not collected: the sim cluster runs no containers")
+            );
+        } else {
+            assert!(report.get("coverage").is_none(), "{report}");
+        }
         assert_eq!(report["pattern"], pattern);
         assert_eq!(report["cluster"]["provider"], "sim");
         assert_eq!(report["cluster"]["name"], "datastorage-e2e");

@@ -2,8 +2,8 @@
 //! its `config.yaml`, a Secret with the database and Redis credentials, a
 //! Deployment running the image that was actually loaded
 //! (`imagePullPolicy: Never`, `/health` and `/health/ready` probes), and a
-//! Service (NodePort when asked). The coverage variant adds
-//! `GOCOVERDIR=/coverdata` on a hostPath backed by the Kind mount, run as root.
+//! Service (NodePort when asked). A coverage run adds `GOCOVERDIR` itself
+//! (`infra_core::coverage`).
 //!
 //! Configuration reaches the container both as `config.yaml` (mounted at
 //! `/etc/datastorage/`) and as environment variables (`DATASTORAGE_PORT`,
@@ -33,7 +33,6 @@ pub struct DataStorageConfig {
     pub image: String,
     /// Publish the API on this NodePort (the original used 30081).
     pub node_port: Option<u16>,
-    pub coverage: bool,
     pub postgres: PostgresConfig,
     pub redis_address: String,
     pub timeout: Duration,
@@ -46,7 +45,6 @@ impl DataStorageConfig {
             name: "datastorage".into(),
             image: image.to_string(),
             node_port: None,
-            coverage: false,
             postgres: postgres.clone(),
             redis_address: redis.address(),
             timeout: Duration::from_secs(180),
@@ -56,12 +54,6 @@ impl DataStorageConfig {
     #[must_use]
     pub fn node_port(mut self, port: u16) -> Self {
         self.node_port = Some(port);
-        self
-    }
-
-    #[must_use]
-    pub fn coverage(mut self, on: bool) -> Self {
-        self.coverage = on;
         self
     }
 
@@ -85,7 +77,7 @@ impl DataStorageConfig {
             redis = self.redis_address,
         );
         let secret_name = format!("{name}-secret");
-        let mut env = vec![
+        let env = vec![
             json!({"name": "CONFIG_PATH", "value": "/etc/datastorage/config.yaml"}),
             json!({"name": "DATASTORAGE_PORT", "value": API_PORT.to_string()}),
             json!({"name": "METRICS_PORT", "value": METRICS_PORT.to_string()}),
@@ -98,20 +90,11 @@ impl DataStorageConfig {
             json!({"name": "DB_PASSWORD",
                    "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "DB_PASSWORD"}}}),
         ];
-        let mut mounts =
+        let mounts =
             vec![json!({"name": "config", "mountPath": "/etc/datastorage", "readOnly": true})];
-        let mut volumes =
+        let volumes =
             vec![json!({"name": "config", "configMap": {"name": format!("{name}-config")}})];
-        let mut security = serde_json::Value::Null;
-        if self.coverage {
-            env.push(json!({"name": "GOCOVERDIR", "value": "/coverdata"}));
-            mounts.push(json!({"name": "coverdata", "mountPath": "/coverdata"}));
-            volumes.push(json!({"name": "coverdata",
-                "hostPath": {"path": "/coverdata", "type": "DirectoryOrCreate"}}));
-            // The coverage files are written into a root-owned host folder.
-            security = json!({"runAsUser": 0});
-        }
-        let mut container = json!({
+        let container = json!({
             "name": CONTAINER,
             "image": self.image,
             "imagePullPolicy": "Never",
@@ -126,9 +109,6 @@ impl DataStorageConfig {
             "readinessProbe": {"httpGet": {"path": "/health/ready", "port": API_PORT},
                 "initialDelaySeconds": 1, "periodSeconds": 2, "failureThreshold": 60},
         });
-        if !security.is_null() {
-            container["securityContext"] = security;
-        }
         Component {
             name: "datastorage".into(),
             objects: vec![
@@ -204,23 +184,5 @@ mod tests {
         assert!(!env.contains(&"GOCOVERDIR"));
         let service = serde_json::to_value(&component.objects[3]).unwrap();
         assert_eq!(service["spec"]["ports"][0]["nodePort"], 30081);
-    }
-
-    #[test]
-    fn coverage_mounts_coverdata_and_runs_as_root() {
-        let component = config().coverage(true).component();
-        component.objects.iter().for_each(assert_round_trips);
-        let deployment = serde_json::to_value(&component.objects[2]).unwrap();
-        let pod = &deployment["spec"]["template"]["spec"];
-        assert_eq!(pod["volumes"][1]["hostPath"]["path"], "/coverdata");
-        let container = &pod["containers"][0];
-        assert_eq!(container["securityContext"]["runAsUser"], 0);
-        assert!(
-            container["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["name"] == "GOCOVERDIR")
-        );
     }
 }

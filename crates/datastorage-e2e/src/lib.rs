@@ -126,7 +126,6 @@ pub fn shared_stack(
 ) -> Result<SharedStack, SetupError> {
     let namespace_name = options.namespace.as_str();
     let image_config = image_config(repo_root);
-    let coverage = image_config.coverage_enabled();
     let image = setup.build(image_config);
     let loaded = setup.load(&image);
     let migrations = load_migrations(&repo_root.join("migrations")).map_err(|e| SetupError {
@@ -181,7 +180,7 @@ pub fn shared_stack(
             // The reference that was built and loaded in this run: never a
             // hard-coded name.
             let reference = loaded_reference(ctx, &key)?;
-            let mut config = DataStorageConfig::new(&reference, &pg, &redis).coverage(coverage);
+            let mut config = DataStorageConfig::new(&reference, &pg, &redis);
             if let Some(port) = node_port {
                 config = config.node_port(port);
             }

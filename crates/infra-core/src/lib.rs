@@ -8,7 +8,8 @@
 //! - [`deploy`]: server-side apply, readiness by watching, health checks;
 //! - [`stack`]: PostgreSQL, Redis, migrations, namespaces and manifest builders;
 //! - [`plan`]: the task graph, its patterns and scheduler;
-//! - [`report`] and [`run`]: a whole run, its teardown and its report.
+//! - [`report`] and [`run`]: a whole run, its teardown and its report;
+//! - [`coverage`]: Go coverage of the deployed workloads (`--coverage`).
 //!
 //! Service crates compose these parts; nothing here knows about a particular
 //! service.
@@ -18,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cluster;
+pub mod coverage;
 pub mod deploy;
 pub mod engine;
 pub mod image;

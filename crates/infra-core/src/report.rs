@@ -33,6 +33,9 @@ pub struct RunReport {
     /// The first failure (task, message), shown in the table, not in the JSON.
     #[serde(skip)]
     pub failure: Option<(String, String)>,
+    /// A coverage run's results ([`crate::coverage`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<crate::coverage::CoverageReport>,
     /// Critical-path task indexes, first to last.
     #[serde(skip)]
     pub critical_path: Vec<usize>,
@@ -76,6 +79,7 @@ impl RunReport {
             critical_path_seconds: length,
             tasks: execution.tasks.clone(),
             failure: execution.failure.clone(),
+            coverage: None,
             critical_path: path,
             pipelined_bound_seconds: lower_bound(&execution.tasks, natural_deps),
         }
@@ -172,6 +176,9 @@ impl RunReport {
                 "the same task times, pipelined, would take at least {:.1}s\n",
                 self.pipelined_bound_seconds
             ));
+        }
+        if let Some(coverage) = &self.coverage {
+            out.push_str(&coverage.lines());
         }
         if let Some((task, message)) = &self.failure {
             out.push_str(&format!("\nfailed: {task}: {message}\n"));

@@ -102,6 +102,9 @@ pub struct RunOptions {
     pub runs_dir: PathBuf,
     /// Build every image from scratch (no cache).
     pub rebuild: bool,
+    /// Build with `GOFLAGS=-cover` and collect the workloads' coverage after
+    /// the suite ([`crate::coverage`]).
+    pub coverage: bool,
     pub cluster_options: ClusterOptions,
 }
 
@@ -183,7 +186,7 @@ pub async fn run(
         Existing::Fail
     };
     let cluster_name = spec.name.clone();
-    let mut setup = Setup::new();
+    let mut setup = Setup::new().with_coverage(options.coverage);
     let cluster_task = setup.cluster(spec);
     let mut suite_env = service.declare(&mut setup, cluster_task, &options.repo_root)?;
     suite_env.service = service.name().to_string();
@@ -212,6 +215,7 @@ pub async fn run(
         cluster_options.clone(),
     );
     context.rebuild = options.rebuild;
+    context.coverage = options.coverage;
     let shared = Arc::new(context);
     let interrupted = cancel.clone();
     let execution = execute(plan, options.pattern, shared.clone(), observer, cancel).await;
@@ -229,6 +233,26 @@ pub async fn run(
     );
     if interrupted.is_cancelled() {
         report.mark_interrupted();
+    }
+    if options.coverage {
+        // Before diagnostics and teardown: the workloads still run.
+        let coverage = match context.cluster() {
+            _ if options.provider == Provider::Sim => {
+                crate::coverage::CoverageReport::not_collected("the sim cluster runs no containers")
+            }
+            None => crate::coverage::CoverageReport::not_collected("the cluster never came up"),
+            Some(cluster) => {
+                crate::coverage::collect(
+                    engine,
+                    cluster,
+                    &context.coverage_targets(),
+                    &run_id,
+                    &run_dir.join("coverage"),
+                )
+                .await
+            }
+        };
+        report.coverage = Some(coverage);
     }
     if let Some((task, message)) = &report.failure {
         let _ = std::fs::write(run_dir.join("error.txt"), format!("{task}: {message}\n"));

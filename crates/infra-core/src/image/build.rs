@@ -96,6 +96,7 @@ async fn build_once(engine: &Engine, config: &E2eImageConfig) -> Result<BuiltIma
             image_id,
             input_digest,
             cached: true,
+            coverage: config.coverage_enabled(),
             seconds: started.elapsed().as_secs_f64(),
             log: log_path,
         });
@@ -217,6 +218,7 @@ async fn build_once(engine: &Engine, config: &E2eImageConfig) -> Result<BuiltIma
         image_id,
         input_digest,
         cached: false,
+        coverage: config.coverage_enabled(),
         seconds: started.elapsed().as_secs_f64(),
         log: log_path,
     })

@@ -273,6 +273,8 @@ pub struct BuiltImage {
     pub input_digest: String,
     /// True when the engine already had this reference and nothing was built.
     pub cached: bool,
+    /// Built with `GOFLAGS=-cover` (see [`crate::coverage`]).
+    pub coverage: bool,
     pub seconds: f64,
     /// The build log (pre-build output, build output, or the cache-hit note).
     pub log: PathBuf,

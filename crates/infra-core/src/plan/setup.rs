@@ -37,6 +37,10 @@ pub struct SetupContext {
     pub load_method: LoadMethod,
     /// Build every image from scratch (no cache), e.g. to measure builds.
     pub rebuild: bool,
+    /// A coverage run: workloads running instrumented images write
+    /// coverage data ([`crate::coverage`]).
+    pub coverage: bool,
+    coverage_targets: Mutex<Vec<crate::coverage::Target>>,
     cluster: OnceCell<Cluster>,
     /// Set the moment this run starts making its cluster (not when it found
     /// one): only then may teardown delete a cluster by that name.
@@ -70,6 +74,8 @@ impl SetupContext {
             cluster_options,
             load_method: LoadMethod::Stream,
             rebuild: false,
+            coverage: false,
+            coverage_targets: Mutex::new(Vec::new()),
             cluster: OnceCell::new(),
             creating_cluster: Default::default(),
             applier: OnceCell::new(),
@@ -111,6 +117,39 @@ impl SetupContext {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// The workloads deployed with coverage output so far.
+    pub fn coverage_targets(&self) -> Vec<crate::coverage::Target> {
+        self.coverage_targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// In a coverage run, points the workloads of `component` that run an
+    /// instrumented image at their coverage folder, and remembers them.
+    fn instrument(&self, component: &mut Component) {
+        if !self.coverage {
+            return;
+        }
+        let instrumented = self
+            .images()
+            .into_values()
+            .filter(|i| i.coverage)
+            .map(|i| i.reference)
+            .collect();
+        let targets =
+            crate::coverage::instrument(&mut component.objects, &instrumented, &self.run_id);
+        let mut known = self
+            .coverage_targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for target in targets {
+            if !known.contains(&target) {
+                known.push(target);
+            }
+        }
     }
 
     fn labels(&self) -> BTreeMap<String, String> {
@@ -159,6 +198,7 @@ pub struct Setup {
     plan: Plan<SetupContext>,
     cluster: Option<TaskId>,
     images: Vec<E2eImageConfig>,
+    coverage: bool,
 }
 
 impl Default for Setup {
@@ -173,7 +213,15 @@ impl Setup {
             plan: Plan::new(),
             cluster: None,
             images: Vec::new(),
+            coverage: false,
         }
+    }
+
+    /// A coverage run: every image [`Setup::build`] declares is built with
+    /// `GOFLAGS=-cover`.
+    pub fn with_coverage(mut self, on: bool) -> Setup {
+        self.coverage = on;
+        self
     }
 
     /// The plan, for the scheduler.
@@ -184,6 +232,11 @@ impl Setup {
     /// Builds an image (skipped when the engine has one from the same inputs).
     /// Its log goes to the run folder.
     pub fn build(&mut self, config: E2eImageConfig) -> ImageTask {
+        let config = if self.coverage {
+            config.coverage(true)
+        } else {
+            config
+        };
         self.images.push(config.clone());
         let key = config.image_name.clone();
         let stored = key.clone();
@@ -365,7 +418,8 @@ impl Setup {
             TaskKind::Deploy,
             &all_deps,
             move |ctx: Arc<SetupContext>| async move {
-                let component = make(&ctx)?;
+                let mut component = make(&ctx)?;
+                ctx.instrument(&mut component);
                 let applied = component
                     .deploy(ctx.applier()?)
                     .await

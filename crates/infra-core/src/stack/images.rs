@@ -127,6 +127,7 @@ pub async fn provide(
                 input_digest: id.trim_start_matches("sha256:").to_string(),
                 image_id: id,
                 cached: provenance == Provenance::Present,
+                coverage: false,
                 seconds: started.elapsed().as_secs_f64(),
                 log: log_dir.join(format!("pull-{}.log", image.key)),
             },
