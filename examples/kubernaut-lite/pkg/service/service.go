@@ -171,6 +171,30 @@ func SignalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 }
 
+// LoggedSignalContext is SignalContext that also logs the signal that ended
+// it ("shutting down", with signal SIGTERM or SIGINT); later signals are
+// ignored, so the graceful stop runs to its end.
+func LoggedSignalContext(log *slog.Logger) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		select {
+		case sig := <-signals:
+			// Still notified: a second signal does not kill the drain.
+			name := "SIGINT"
+			if sig == syscall.SIGTERM {
+				name = "SIGTERM"
+			}
+			log.Info("shutting down", "signal", name)
+			cancel()
+		case <-ctx.Done():
+			signal.Stop(signals)
+		}
+	}()
+	return ctx, cancel
+}
+
 // Run serves every server until ctx ends (see SignalContext) or a server
 // fails, then stops them, letting requests in flight finish (10 s at most).
 func Run(ctx context.Context, log *slog.Logger, servers ...Server) error {
@@ -201,7 +225,9 @@ func Run(ctx context.Context, log *slog.Logger, servers ...Server) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, srv := range running {
-		_ = srv.Shutdown(shutdown)
+		if err := srv.Shutdown(shutdown); err != nil {
+			log.Warn("requests still in flight after the drain timeout", "addr", srv.Addr)
+		}
 	}
 	return result
 }
