@@ -466,15 +466,22 @@ async fn authwebhook_e2e_on_a_real_kind_cluster_runs_every_suite_test_live_with_
     // Coverage: the webhook's counters were written when it was scaled to
     // zero, copied out of the nodes and read with `go tool covdata`.
     let workloads = report["coverage"]["workloads"].as_array().unwrap();
-    let webhook = workloads
-        .iter()
-        .find(|w| w["workload"] == "authwebhook")
-        .unwrap_or_else(|| panic!("no coverage of authwebhook in {report}"));
-    let percent = webhook["percent"].as_f64().unwrap_or_else(|| panic!("{webhook}"));
-    assert!(percent > 0.0 && percent <= 100.0, "{webhook}");
-    let profile = std::fs::read_to_string(webhook["profile"].as_str().unwrap()).unwrap();
-    assert!(profile.starts_with("mode: "), "{profile}");
-    assert!(profile.contains("kubernaut-lite/pkg/authwebhook/"), "{profile}");
+    for (workload, package) in [
+        ("authwebhook", "kubernaut-lite/pkg/authwebhook/"),
+        ("datastorage", "kubernaut-lite/pkg/datastorage/"),
+    ] {
+        let measured = workloads
+            .iter()
+            .find(|w| w["workload"] == workload)
+            .unwrap_or_else(|| panic!("no coverage of {workload} in {report}"));
+        let percent = measured["percent"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{measured}"));
+        assert!(percent > 0.0 && percent <= 100.0, "{measured}");
+        let profile = std::fs::read_to_string(measured["profile"].as_str().unwrap()).unwrap();
+        assert!(profile.starts_with("mode: "), "{profile}");
+        assert!(profile.contains(package), "{workload}: {profile}");
+    }
     assert!(stderr.contains("coverage: authwebhook "), "{stderr}");
     // Nothing of the run stays in the repository's mounted coverdata folder.
     let run_id = run_dir.file_name().unwrap();
