@@ -24,8 +24,13 @@ use crate::services;
 
 #[derive(Args)]
 pub struct E2eArgs {
-    /// The service: datastorage (more as they migrate).
+    /// The service (datastorage, gateway, notification, authwebhook), or
+    /// `all`: each of them in turn, then one summary table.
     service: String,
+    /// With `all`: how many services run at once (each on its own cluster).
+    /// 1 by default: a 2-core machine builds faster one service at a time.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = crate::positive)]
+    parallel: usize,
     /// `kind` (default when installed) or `sim` (no kind needed; runs no containers).
     #[arg(long)]
     cluster: Option<Provider>,
@@ -141,22 +146,38 @@ async fn run_once(
     .await?)
 }
 
-pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
-    let service = services::find(&args.service)?;
-    let provider = provider(args.cluster, &args.service).await?;
-    let engine = crate::toolchain::engine().await?;
-    let options = RunOptions {
+/// The options of one service's run from the command line.
+async fn run_options(
+    args: &E2eArgs,
+    service: &dyn ServiceSetup,
+    provider: Provider,
+    engine: &Engine,
+) -> Result<RunOptions> {
+    Ok(RunOptions {
         pattern: args.pattern.unwrap_or(service.default_pattern()),
         provider,
         keep_cluster: args.keep_cluster,
         reuse_cluster: args.reuse_cluster,
         wait_for_cluster: args.wait,
-        repo_root: repo_root(args.repo_root)?,
+        repo_root: repo_root(args.repo_root.clone())?,
         runs_dir: crate::e2e_dir(),
         rebuild: args.rebuild,
         coverage: args.coverage,
-        cluster_options: crate::cluster_options(&engine).await?,
-    };
+        cluster_options: crate::cluster_options(engine).await?,
+    })
+}
+
+pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
+    if args.service == "all" {
+        return e2e_all(args).await;
+    }
+    if args.parallel != 1 {
+        bail!("--parallel is for `e2e all`; one service runs its own tasks concurrently already");
+    }
+    let service = services::find(&args.service)?;
+    let provider = provider(args.cluster, &args.service).await?;
+    let engine = crate::toolchain::engine().await?;
+    let options = run_options(&args, service, provider, &engine).await?;
     eprintln!(
         "{} e2e: {} pattern on a {provider} cluster, {engine}, repository {}",
         service.name(),
@@ -209,6 +230,197 @@ pub async fn e2e(args: E2eArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `e2e all`: every service, `--parallel` at a time, each on its own cluster
+/// and in its own run folder; images are shared by content (DataStorage's is
+/// built by the first run that needs it, the others find it cached). A
+/// failing service does not stop the others; a signal stops them all.
+async fn e2e_all(args: E2eArgs) -> Result<ExitCode> {
+    use futures::StreamExt;
+    let provider = provider(args.cluster, "all").await?;
+    let engine = crate::toolchain::engine().await?;
+    let services = services::all();
+    let mut runs = Vec::new();
+    for service in &services {
+        runs.push((
+            *service,
+            run_options(&args, *service, provider, &engine).await?,
+        ));
+    }
+    eprintln!(
+        "e2e all: {} on a {provider} cluster each, {} at a time, {engine}",
+        services
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.parallel
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    let progress = Progress::new();
+    let engine = &engine;
+    let progress_ref = &progress;
+    let cancel_ref = &cancel;
+    let mut outcomes: Vec<(&'static str, Result<RunOutcome>)> = futures::stream::iter(runs)
+        .map(|(service, options)| async move {
+            if cancel_ref.is_cancelled() {
+                return (
+                    service.name(),
+                    Err(anyhow::anyhow!("not started: cancelled")),
+                );
+            }
+            let observer = Prefixed {
+                prefix: service.name(),
+                inner: progress_ref,
+            };
+            let outcome = run_once(
+                engine,
+                service,
+                options,
+                &observer,
+                cancel_ref.child_token(),
+            )
+            .await;
+            (service.name(), outcome)
+        })
+        .buffer_unordered(args.parallel)
+        .collect()
+        .await;
+    progress.finish();
+    let order: Vec<&str> = services.iter().map(|s| s.name()).collect();
+    outcomes.sort_by_key(|(name, _)| order.iter().position(|n| n == name));
+
+    let mut all_ok = true;
+    let mut reports = Vec::new();
+    for (name, outcome) in &outcomes {
+        match outcome {
+            Ok(outcome) => {
+                eprint!("\n{}", outcome.report.table());
+                eprintln!("run folder: {}", outcome.run_dir.display());
+                if let Some(problem) = &outcome.teardown_error {
+                    eprintln!("error: {name}: teardown: {problem}");
+                }
+                all_ok &= outcome.report.ok && outcome.teardown_error.is_none();
+                reports.push(serde_json::to_value(&outcome.report)?);
+            }
+            Err(error) => {
+                eprintln!("\nerror: {name}: {error:#}");
+                all_ok = false;
+            }
+        }
+    }
+    let table = summary(&outcomes);
+    if args.json {
+        println!("{}", serde_json::json!({"ok": all_ok, "runs": reports}));
+        eprint!("\n{table}");
+    } else {
+        print!("\n{table}");
+    }
+    if cancel.is_cancelled() {
+        eprintln!("cancelled");
+    }
+    Ok(if all_ok && !cancel.is_cancelled() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One line per service: result, wall time, critical path, tests, coverage.
+fn summary(outcomes: &[(&'static str, Result<RunOutcome>)]) -> String {
+    let mut rows = vec![[
+        "service".to_string(),
+        "pattern".into(),
+        "result".into(),
+        "wall".into(),
+        "critical path".into(),
+        "tests".into(),
+        "coverage".into(),
+    ]];
+    for (name, outcome) in outcomes {
+        let row = match outcome {
+            Ok(outcome) => {
+                let report = &outcome.report;
+                let tests = report
+                    .tasks
+                    .iter()
+                    .find(|t| t.kind == TaskKind::Test)
+                    .and_then(|t| t.note.clone())
+                    .unwrap_or_else(|| "-".into());
+                let coverage = report
+                    .coverage
+                    .as_ref()
+                    .map(|c| {
+                        c.workloads
+                            .iter()
+                            .map(|w| match w.percent {
+                                Some(p) => format!("{} {p:.1}%", w.workload),
+                                None => format!("{} -", w.workload),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or_else(|| "-".into());
+                [
+                    name.to_string(),
+                    report.pattern.to_string(),
+                    if report.ok { "ok" } else { "FAILED" }.into(),
+                    format!("{:.1}s", report.wall_seconds),
+                    format!("{:.1}s", report.critical_path_seconds),
+                    tests.trim_start_matches("ok. ").to_string(),
+                    coverage,
+                ]
+            }
+            Err(_) => [
+                name.to_string(),
+                "-".into(),
+                "FAILED".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        };
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        })
+        .collect()
+}
+
+/// An observer that names the service in front of each task, for runs of
+/// several services sharing one progress display.
+struct Prefixed<'a> {
+    prefix: &'static str,
+    inner: &'a Progress,
+}
+
+impl Observer for Prefixed<'_> {
+    fn started(&self, task: &str, kind: TaskKind) {
+        self.inner
+            .started(&format!("{}: {task}", self.prefix), kind);
+    }
+    fn finished(&self, task: &str, outcome: &Outcome, seconds: f64) {
+        self.inner
+            .finished(&format!("{}: {task}", self.prefix), outcome, seconds);
+    }
+    fn failed(&self, task: &str, error: &str, seconds: f64) {
+        self.inner
+            .failed(&format!("{}: {task}", self.prefix), error, seconds);
+    }
 }
 
 /// The first SIGINT (Ctrl-C), SIGTERM (what `timeout` and CI runners send)

@@ -636,6 +636,76 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
     assert!(cli.ok(&["down", "datastorage"]).contains("deleted"));
 }
 
+#[tokio::test]
+async fn e2e_all_runs_every_service_two_at_a_time_and_sums_them_up_in_one_table() {
+    let test = "e2e_all_runs_every_service_two_at_a_time_and_sums_them_up_in_one_table";
+    if !prerequisites(test, false).await {
+        return;
+    }
+    // Every service's cluster name is taken, DataStorage's among them.
+    let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
+    let cli = Cli::new();
+    let output = cli.run(&[
+        "e2e",
+        "all",
+        "--cluster",
+        "sim",
+        "--parallel",
+        "2",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let all = report(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(all["ok"], true);
+    let services: Vec<&str> = all["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        services,
+        ["datastorage", "gateway", "notification", "authwebhook"]
+    );
+    // The table: a header and one ok line per service, with its suite's result.
+    let table: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("service "))
+        .take(5)
+        .collect();
+    assert_eq!(table.len(), 5, "{stderr}");
+    for (line, service) in table[1..].iter().zip(&services) {
+        assert!(line.starts_with(service), "{line}");
+        assert!(line.contains(" ok "), "{line}");
+        assert!(line.contains(" passed; 0 failed"), "{line}");
+    }
+    // DataStorage's image is one image for all four: built at most once.
+    let built = all["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| task(r, "build kubernaut/datastorage"))
+        .filter(|t| t["cached"] == false)
+        .count();
+    assert!(built <= 1, "{all}");
+    let engine = testing::engine(test).await.unwrap();
+    for cluster in [
+        "datastorage-e2e",
+        "gateway-e2e",
+        "notification-e2e",
+        "authwebhook-e2e",
+    ] {
+        assert!(
+            infra_core::cluster::find(&engine, cluster)
+                .await
+                .unwrap()
+                .is_none(),
+            "{cluster} is deleted at the end"
+        );
+    }
+}
+
 /// A copy of the example's migrations and a DataStorage Dockerfile of our own
 /// (no pre-build), for runs whose build must behave in a particular way.
 fn repo_with_dockerfile(dockerfile: &str) -> tempfile::TempDir {
