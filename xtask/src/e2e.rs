@@ -370,7 +370,7 @@ fn summary(outcomes: &[(&'static str, Result<RunOutcome>)]) -> String {
                     if report.ok { "ok" } else { "FAILED" }.into(),
                     format!("{:.1}s", report.wall_seconds),
                     format!("{:.1}s", report.critical_path_seconds),
-                    tests.trim_start_matches("ok. ").to_string(),
+                    tests_cell(&tests),
                     coverage,
                 ]
             }
@@ -399,6 +399,22 @@ fn summary(outcomes: &[(&'static str, Result<RunOutcome>)]) -> String {
             format!("{}\n", cells.join("  ").trim_end())
         })
         .collect()
+}
+
+/// `ok. 7 passed; 0 failed; ... (5 skipped, see ...)` → `7 passed, 0 failed, 5 skipped`.
+fn tests_cell(note: &str) -> String {
+    let counts: Vec<&str> = note
+        .trim_start_matches("ok. ")
+        .split(';')
+        .take(2)
+        .map(str::trim)
+        .collect();
+    let skipped = note
+        .split_once(" (")
+        .and_then(|(_, rest)| rest.split_once(" skipped"))
+        .map(|(n, _)| format!(", {n} skipped"))
+        .unwrap_or_default();
+    format!("{}{skipped}", counts.join(", "))
 }
 
 /// An observer that names the service in front of each task, for runs of
@@ -967,6 +983,17 @@ fn last_report(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_summary_shows_a_suites_counts_and_skips_briefly() {
+        let note = "ok. 7 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in \
+                    0.04s (5 skipped, see r/suite.log)";
+        assert_eq!(super::tests_cell(note), "7 passed, 0 failed, 5 skipped");
+        assert_eq!(
+            super::tests_cell("ok. 3 passed; 0 failed; 0 ignored"),
+            "3 passed, 0 failed"
+        );
+    }
+
     use super::*;
 
     #[test]
