@@ -105,7 +105,7 @@ pub struct DownArgs {
     service: String,
 }
 
-fn repo_root(given: Option<PathBuf>) -> Result<PathBuf> {
+pub fn repo_root(given: Option<PathBuf>) -> Result<PathBuf> {
     let root = given.unwrap_or_else(|| crate::workspace_root().join("examples/kubernaut-lite"));
     root.canonicalize()
         .with_context(|| format!("repository root {} does not exist", root.display()))

@@ -18,6 +18,7 @@ mod bench;
 mod cluster;
 mod e2e;
 mod image;
+mod migrate;
 mod progress;
 mod prune;
 mod services;
@@ -66,6 +67,9 @@ enum Command {
     /// Remove the tool's older images (all but the newest of each kind) from
     /// every engine, and older toolchains and rootfs folders from the cache.
     Prune(prune::PruneArgs),
+    /// Apply the repository's migrations to a kept environment's PostgreSQL
+    /// (each file in one transaction; versions already recorded are skipped).
+    Migrate(migrate::MigrateArgs),
     /// Measure this machine: builds and loads, medians of several runs.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             Command::Toolchain(command) => interruptible(toolchain::run_toolchain(command)).await,
             Command::NodeImage(command) => interruptible(toolchain::run_node_image(command)).await,
             Command::Prune(args) => interruptible(prune::prune(args)).await,
+            Command::Migrate(args) => interruptible(migrate::migrate(args)).await,
             Command::Bench(BenchCommand::Image(args)) => interruptible(bench::image(args)).await,
             Command::SimServe(args) => cluster::sim_serve(args).await.map(|()| ExitCode::SUCCESS),
         }

@@ -335,7 +335,7 @@ async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
     };
     let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
     let cli = Cli::on(offline.engine.endpoint());
-    let output = cli.run(&["e2e", "datastorage", "--json"]);
+    let output = cli.run(&["e2e", "datastorage", "--keep-cluster", "--json"]);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "the kind run failed:\n{stderr}");
     let report = report(&String::from_utf8_lossy(&output.stdout));
@@ -388,10 +388,75 @@ async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
             "{task} says where it came from: {how}"
         );
     }
-    // Deleted at the end: no node containers left.
+    migrate_a_kept_environment(&cli);
+    assert!(cli.ok(&["down", "datastorage"]).contains("deleted"));
     assert_eq!(
         node_containers_of(&all_containers(&offline.engine).await, "datastorage-e2e"),
         0
+    );
+}
+
+/// `migrate` on the kept DataStorage environment: what the run applied is
+/// already there; a new file is applied once; a bad file names its line and
+/// leaves nothing of itself (read back through PostgreSQL's host port).
+fn migrate_a_kept_environment(cli: &Cli) {
+    let first = cli.ok(&["migrate", "datastorage"]);
+    assert!(
+        first.contains("already applied  001_audit_events.sql")
+            && first.contains("0 applied, 2 already there"),
+        "{first}"
+    );
+    let repo = tempfile::tempdir().unwrap();
+    let migrations = repo.path().join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernaut-lite/migrations");
+    for entry in std::fs::read_dir(example).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, migrations.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        migrations.join("003_checks.sql"),
+        "-- +goose Up\nCREATE TABLE e2e_migrate_check (id int);\n-- +goose Down\nDROP TABLE e2e_migrate_check;\n",
+    )
+    .unwrap();
+    let root = repo.path().to_str().unwrap();
+    let added = cli.ok(&["migrate", "datastorage", "--repo-root", root]);
+    assert!(added.contains("applied          003_checks.sql"), "{added}");
+    assert!(added.contains("1 applied, 2 already there"), "{added}");
+    let again = cli.ok(&["migrate", "datastorage", "--repo-root", root]);
+    assert!(again.contains("0 applied, 3 already there"), "{again}");
+
+    std::fs::write(
+        migrations.join("004_broken.sql"),
+        "-- +goose Up\nCREATE TABLE e2e_half_applied (id int);\nGARBAGE;\n",
+    )
+    .unwrap();
+    let broken = cli.run(&["migrate", "datastorage", "--repo-root", root]);
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(!broken.status.success());
+    assert!(
+        stderr.contains("migration 004_broken.sql, line 3: syntax error at or near \"GARBAGE\""),
+        "{stderr}"
+    );
+    let psql = |sql: &str| {
+        let output = Command::new("psql")
+            .arg("postgresql://slm_user:slm_password_e2e@127.0.0.1:25433/action_history")
+            .args(["-tA", "-c", sql])
+            .output()
+            .expect("psql (PostgreSQL's client) is installed");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(psql("SELECT to_regclass('e2e_half_applied') IS NULL"), "t");
+    assert_eq!(psql("SELECT to_regclass('e2e_migrate_check') IS NULL"), "f");
+    assert_eq!(
+        psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM e2e_schema_migrations"),
+        "1,2,3"
     );
 }
 
@@ -658,7 +723,20 @@ async fn datastorage_e2e_on_sim_under_every_pattern_then_a_reused_cluster_is_all
             );
         }
     }
+    let sim = cli.run(&["migrate", "datastorage"]);
+    assert!(!sim.status.success());
+    assert!(
+        String::from_utf8_lossy(&sim.stderr).contains("is simulated and runs no PostgreSQL"),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
     assert!(cli.ok(&["down", "datastorage"]).contains("deleted"));
+    let gone = cli.run(&["migrate", "datastorage"]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no cluster datastorage-e2e: keep an"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
 }
 
 #[tokio::test]

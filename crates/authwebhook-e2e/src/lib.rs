@@ -21,6 +21,7 @@ use infra_core::plan::{Pattern, TaskError, TaskId};
 use infra_core::run::{ServiceSetup, SetupError, SuiteEnv};
 use infra_core::stack::Component;
 use infra_core::stack::manifests::Manifests;
+use infra_core::stack::migrations::Database;
 use infra_core::stack::tls::ServingCert;
 
 use datastorage_e2e::StackOptions;
@@ -67,6 +68,10 @@ fn task_error(problem: impl std::fmt::Display) -> TaskError {
 }
 
 impl ServiceSetup for AuthWebhook {
+    fn database(&self, repo_root: &Path) -> Option<Database> {
+        Some(datastorage_e2e::database(NAMESPACE, repo_root))
+    }
+
     fn name(&self) -> &'static str {
         SERVICE
     }

@@ -23,7 +23,7 @@ pub mod deployment;
 
 use deployment::DataStorageConfig;
 use infra_core::stack::images;
-use infra_core::stack::migrations::{self, load_migrations};
+use infra_core::stack::migrations::{self, Database, load_migrations};
 use infra_core::stack::namespace;
 use infra_core::stack::postgres::PostgresConfig;
 use infra_core::stack::redis::RedisConfig;
@@ -59,6 +59,15 @@ pub fn image_config(repo_root: &Path) -> E2eImageConfig {
 /// The original's database: `action_history`, owned by `slm_user`.
 pub fn postgres_in(namespace: &str) -> PostgresConfig {
     PostgresConfig::new(namespace).database("action_history", "slm_user", "slm_password_e2e")
+}
+
+/// The shared stack's database in `namespace` and the repository's
+/// migrations: what `cargo xtask migrate` applies to a kept environment.
+pub fn database(namespace: &str, repo_root: &Path) -> Database {
+    Database {
+        postgres: postgres_in(namespace),
+        migrations_dir: repo_root.join("migrations"),
+    }
 }
 
 pub fn postgres() -> PostgresConfig {
@@ -195,6 +204,10 @@ pub fn shared_stack(
 }
 
 impl ServiceSetup for DataStorage {
+    fn database(&self, repo_root: &Path) -> Option<Database> {
+        Some(database(NAMESPACE, repo_root))
+    }
+
     fn name(&self) -> &'static str {
         SERVICE
     }

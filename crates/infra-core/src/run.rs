@@ -39,6 +39,12 @@ pub trait ServiceSetup: Send + Sync {
         cluster: crate::plan::TaskId,
         repo_root: &Path,
     ) -> Result<SuiteEnv, SetupError>;
+
+    /// The database `cargo xtask migrate` applies the repository's
+    /// migrations to in a kept environment, for a service that has one.
+    fn database(&self, _repo_root: &Path) -> Option<crate::stack::migrations::Database> {
+        None
+    }
 }
 
 /// Why a setup could not even be declared (bad repository layout, ...).

@@ -21,6 +21,7 @@ use infra_core::plan::setup::Setup;
 use infra_core::plan::{Pattern, TaskError, TaskId};
 use infra_core::run::{ServiceSetup, SetupError, SuiteEnv};
 use infra_core::stack::manifests::Manifests;
+use infra_core::stack::migrations::Database;
 
 use datastorage_e2e::StackOptions;
 
@@ -72,6 +73,10 @@ fn with_image(manifests: Manifests, reference: &str) -> Result<Manifests, String
 }
 
 impl ServiceSetup for Notification {
+    fn database(&self, repo_root: &Path) -> Option<Database> {
+        Some(datastorage_e2e::database(NAMESPACE, repo_root))
+    }
+
     fn name(&self) -> &'static str {
         SERVICE
     }

@@ -22,6 +22,15 @@ use super::postgres::PostgresConfig;
 use super::{Component, object};
 use crate::deploy::wait::{Target, Workload};
 
+/// Where `cargo xtask migrate` applies a repository's migrations: a kept
+/// environment's PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub postgres: PostgresConfig,
+    /// The repository's `migrations/` folder.
+    pub migrations_dir: PathBuf,
+}
+
 /// One migration file, reduced to what is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
@@ -104,6 +113,8 @@ pub fn parse_migration(file: &str, text: &str) -> Result<Migration, MigrationErr
         .ok_or_else(|| {
             invalid("the name must start with a number and `_`, like 001_create_tables.sql")
         })?;
+    // Every line before the Down section keeps its place (blank when it is
+    // not applied), so psql's line numbers are the file's.
     let mut up = String::new();
     let mut section = None;
     for line in text.lines() {
@@ -113,12 +124,13 @@ pub fn parse_migration(file: &str, text: &str) -> Result<Migration, MigrationErr
             Some(a) if a.starts_with("Down") => section = Some(false),
             // StatementBegin/End and other annotations only guide goose's splitter.
             Some(_) => {}
-            None if section == Some(true) => {
-                up.push_str(line);
-                up.push('\n');
-            }
+            None if section == Some(true) => up.push_str(line),
             None => {}
         }
+        if section == Some(false) {
+            break;
+        }
+        up.push('\n');
     }
     if section.is_none() {
         return Err(invalid("it has no `-- +goose Up` annotation"));
@@ -145,8 +157,11 @@ pub fn digest(migrations: &[Migration]) -> String {
 
 /// The shell script the Job runs (`MIGRATIONS_DIR` defaults to the mounted
 /// ConfigMap at `/migrations`): for each file in order, skip it if its
-/// version is recorded, else apply it with psql, tolerate "already exists",
-/// fail on any other error, and record it.
+/// version is recorded, else apply it and record it in one transaction
+/// (stopping at the first error, so a bad file leaves nothing of itself).
+/// When the only error is "already exists" (objects made before versions
+/// were recorded), the file is applied again statement by statement,
+/// tolerating those, as the original did; any other error fails.
 pub const SCRIPT: &str = r#"set -u
 until pg_isready -q; do sleep 1; done
 psql -v ON_ERROR_STOP=1 -qc 'CREATE TABLE IF NOT EXISTS e2e_schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())' || exit 1
@@ -156,25 +171,78 @@ for file in $(ls "$dir" | sort); do
   if [ "$(psql -tAc "SELECT 1 FROM e2e_schema_migrations WHERE version = $version")" = "1" ]; then
     echo "migration $file: already applied"; continue
   fi
+  record="INSERT INTO e2e_schema_migrations (version, name) VALUES ($version, '$file')"
+  if out=$(psql -v ON_ERROR_STOP=1 --single-transaction -f "$dir/$file" -c "$record" 2>&1); then
+    echo "$out"; echo "migration $file: applied"; continue
+  fi
+  echo "$out"
+  if echo "$out" | grep 'ERROR:' | grep -qv 'already exists'; then
+    echo "migration $file failed: nothing of it was applied" >&2; exit 1
+  fi
   out=$(psql -f "$dir/$file" 2>&1); echo "$out"
   if echo "$out" | grep 'ERROR:' | grep -qv 'already exists'; then
     echo "migration $file failed" >&2; exit 1
   fi
-  psql -v ON_ERROR_STOP=1 -qc "INSERT INTO e2e_schema_migrations (version, name) VALUES ($version, '$file')" || exit 1
+  psql -v ON_ERROR_STOP=1 -qc "$record" || exit 1
   echo "migration $file: applied"
 done
 "#;
 
 /// The ConfigMap holding the files and the Job applying them, against `pg`.
+/// The Job is named after the files' digest: a reused cluster re-applies
+/// nothing, not even a Job.
 pub fn component(pg: &PostgresConfig, migrations: &[Migration], timeout: Duration) -> Component {
-    let ns = &pg.namespace;
     let name = format!("migrations-{}", &digest(migrations)[..12]);
+    component_named(pg, migrations, timeout, &name, None)
+}
+
+/// [`component`] with a Job name of the caller's, removed by Kubernetes
+/// `ttl_seconds` after it finished when given.
+pub fn component_named(
+    pg: &PostgresConfig,
+    migrations: &[Migration],
+    timeout: Duration,
+    name: &str,
+    ttl_seconds: Option<u32>,
+) -> Component {
+    let ns = &pg.namespace;
     let labels = json!({"app": "migrations", "app.kubernetes.io/part-of": "kind-e2e"});
     let files: serde_json::Map<String, serde_json::Value> = migrations
         .iter()
         .map(|m| (config_map_key(m), json!(m.up)))
         .collect();
     let secret_env = |env: &str, key: &str| json!({"name": env, "valueFrom": {"secretKeyRef": {"name": pg.secret_name(), "key": key}}});
+    let mut job = object(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "migrate",
+                        "image": pg.image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["sh", "-c", SCRIPT],
+                        "env": [
+                            {"name": "PGHOST", "value": pg.name},
+                            {"name": "PGPORT", "value": "5432"},
+                            secret_env("PGDATABASE", "DB_NAME"),
+                            secret_env("PGUSER", "DB_USER"),
+                            secret_env("PGPASSWORD", "DB_PASSWORD"),
+                        ],
+                        "volumeMounts": [{"name": "migrations", "mountPath": "/migrations"}]
+                    }],
+                    "volumes": [{"name": "migrations", "configMap": {"name": name}}]
+                }
+            }
+        }
+    }));
+    if let Some(ttl) = ttl_seconds {
+        job.data["spec"]["ttlSecondsAfterFinished"] = json!(ttl);
+    }
     Component {
         name: "migrations".into(),
         objects: vec![
@@ -183,37 +251,166 @@ pub fn component(pg: &PostgresConfig, migrations: &[Migration], timeout: Duratio
                 "metadata": {"name": name, "namespace": ns, "labels": labels},
                 "data": files
             })),
-            object(json!({
-                "apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": name, "namespace": ns, "labels": labels},
-                "spec": {
-                    "backoffLimit": 1,
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "restartPolicy": "Never",
-                            "containers": [{
-                                "name": "migrate",
-                                "image": pg.image,
-                                "imagePullPolicy": "IfNotPresent",
-                                "command": ["sh", "-c", SCRIPT],
-                                "env": [
-                                    {"name": "PGHOST", "value": pg.name},
-                                    {"name": "PGPORT", "value": "5432"},
-                                    secret_env("PGDATABASE", "DB_NAME"),
-                                    secret_env("PGUSER", "DB_USER"),
-                                    secret_env("PGPASSWORD", "DB_PASSWORD"),
-                                ],
-                                "volumeMounts": [{"name": "migrations", "mountPath": "/migrations"}]
-                            }],
-                            "volumes": [{"name": "migrations", "configMap": {"name": name}}]
-                        }
-                    }
-                }
-            })),
+            job,
         ],
-        ready: vec![Target::new(Workload::Job, ns, &name, timeout)],
+        ready: vec![Target::new(Workload::Job, ns, name, timeout)],
     }
+}
+
+/// What `apply` did with one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fate {
+    Applied,
+    AlreadyApplied,
+}
+
+/// Errors of [`apply`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "no PostgreSQL Deployment {namespace}/{name} in the cluster: keep an environment with \
+         `--keep-cluster` first"
+    )]
+    NoDatabase { namespace: String, name: String },
+    #[error("{}: {message}; nothing of that file was applied (the files before it were)", location(file, *line))]
+    Sql {
+        file: String,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("the migrations Job {job} failed: {problem}")]
+    Job { job: String, problem: String },
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn location(file: &str, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("migration {file}, line {line}"),
+        None => format!("migration {file}"),
+    }
+}
+
+/// Applies `migrations` to the PostgreSQL of a kept environment (`pg`'s
+/// Deployment, whose image runs the Job), as a new Job, and says per file
+/// whether it was applied now or already before. A file that fails is rolled
+/// back whole; the error names it and its line.
+pub async fn apply(
+    applier: &crate::deploy::Applier,
+    pg: &PostgresConfig,
+    migrations: &[Migration],
+    timeout: Duration,
+) -> Result<Vec<(String, Fate)>, ApplyError> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, LogParams};
+    let client = applier.client();
+    let kube = |what: String| move |source| ApplyError::Kube { what, source };
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &pg.namespace)
+        .get_opt(&pg.name)
+        .await
+        .map_err(kube(format!(
+            "reading Deployment {}/{}",
+            pg.namespace, pg.name
+        )))?
+        .ok_or_else(|| ApplyError::NoDatabase {
+            namespace: pg.namespace.clone(),
+            name: pg.name.clone(),
+        })?;
+    let image = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.image)
+        .ok_or_else(|| ApplyError::NoDatabase {
+            namespace: pg.namespace.clone(),
+            name: pg.name.clone(),
+        })?;
+    let mut pg = pg.clone();
+    pg.image = image;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let job = format!("migrate-{}-{stamp:x}", &digest(migrations)[..12]);
+    let component = component_named(&pg, migrations, timeout, &job, Some(600));
+    applier
+        .apply_all(component.objects.clone())
+        .await
+        .map_err(|e| ApplyError::Job {
+            job: job.clone(),
+            problem: crate::error_chain(&e),
+        })?;
+    let waited = component.wait(client).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &pg.namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await
+        .map_err(kube(format!("listing the pods of Job {job}")))?;
+    let mut log = String::new();
+    for pod in listed.items {
+        let name = pod.metadata.name.unwrap_or_default();
+        if let Ok(text) = pods.logs(&name, &LogParams::default()).await {
+            log.push_str(&text);
+        }
+    }
+    let fates = read_log(&log, migrations)?;
+    if let Err(e) = waited {
+        return Err(ApplyError::Job {
+            job,
+            problem: crate::error_chain(&e),
+        });
+    }
+    Ok(fates)
+}
+
+/// The Job's log, per file: applied or already there; the first SQL error
+/// as the file and line it is on (the Up section keeps the file's lines).
+pub fn read_log(log: &str, migrations: &[Migration]) -> Result<Vec<(String, Fate)>, ApplyError> {
+    let file_of = |key: &str| {
+        migrations
+            .iter()
+            .find(|m| config_map_key(m) == key)
+            .map(|m| m.file.clone())
+            .unwrap_or_else(|| key.to_string())
+    };
+    let mut fates = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.strip_prefix("migration ") {
+            if let Some(key) = rest.strip_suffix(": already applied") {
+                fates.push((file_of(key), Fate::AlreadyApplied));
+            } else if let Some(key) = rest.strip_suffix(": applied") {
+                fates.push((file_of(key), Fate::Applied));
+            }
+            continue;
+        }
+        // psql:/migrations/<key>:<line>: ERROR:  <message>
+        let Some(rest) = line.strip_prefix("psql:") else {
+            continue;
+        };
+        let Some((place, message)) = rest.split_once(": ERROR:") else {
+            continue;
+        };
+        if message.contains("already exists") {
+            continue;
+        }
+        let (path, number) = match place.rsplit_once(':') {
+            Some((path, n)) if n.parse::<usize>().is_ok() => (path, n.parse().ok()),
+            _ => (place, None),
+        };
+        let key = path.rsplit('/').next().unwrap_or(path);
+        return Err(ApplyError::Sql {
+            file: file_of(key),
+            line: number,
+            message: message.trim().to_string(),
+        });
+    }
+    Ok(fates)
 }
 
 /// `<20-digit version>_<name>`: sorts numerically as text, and only uses the
@@ -349,6 +546,11 @@ mod tests {
             r#"#!/bin/sh
 case "$*" in
   *"-tAc SELECT 1"*) v=$(echo "$*" | sed 's/.*version = //'); grep -qx "$v" {state} && echo 1; exit 0 ;;
+  *"--single-transaction -f "*) f=$(echo "$*" | sed 's/.*-f \([^ ]*\) -c.*/\1/')
+     echo "$(basename "$f")" >> {calls}
+     grep -q OTHER "$f" && {{ echo "psql:$f:1: ERROR:  syntax error at or near \"OTHER\""; exit 3; }}
+     grep -q EXISTS "$f" && {{ echo "psql:$f:1: ERROR:  relation \"t\" already exists"; exit 3; }}
+     echo "$*" | sed 's/.*VALUES (\([0-9]*\).*/\1/' >> {state}; exit 0 ;;
   *"-f "*) f=$(echo "$*" | sed 's/.*-f //'); echo "$(basename "$f")" >> {calls}
      grep -q OTHER "$f" && echo 'ERROR:  syntax error at or near "OTHER"'
      grep -q EXISTS "$f" && echo 'ERROR:  relation "t" already exists'
@@ -391,7 +593,8 @@ esac
         let applied = std::fs::read_to_string(&calls).unwrap();
         assert_eq!(
             applied,
-            "00000000000000000009_a.sql\n00000000000000000010_b.sql\n"
+            "00000000000000000009_a.sql\n00000000000000000009_a.sql\n00000000000000000010_b.sql\n",
+            "9 in one transaction, then again tolerating \"already exists\"; 10 at once"
         );
         assert_eq!(std::fs::read_to_string(&state).unwrap(), "9\n10\n");
 
@@ -408,12 +611,63 @@ esac
         let third = run();
         assert!(!third.status.success(), "another error must fail the Job");
         assert!(
-            String::from_utf8_lossy(&third.stderr).contains("00000000000000000011_c.sql failed")
+            String::from_utf8_lossy(&third.stderr)
+                .contains("00000000000000000011_c.sql failed: nothing of it was applied")
+        );
+        assert!(
+            String::from_utf8_lossy(&third.stdout).contains("psql:"),
+            "psql's message, with file and line, is in the log"
         );
         assert_eq!(
             std::fs::read_to_string(&state).unwrap(),
             "9\n10\n",
             "11 is not recorded"
         );
+    }
+
+    #[test]
+    fn the_up_section_keeps_the_files_line_numbers() {
+        let m = parse_migration("001_audit_events.sql", AUDIT).unwrap();
+        let lines: Vec<&str> = m.up.lines().collect();
+        let file: Vec<&str> = AUDIT.lines().collect();
+        assert_eq!(lines[2], file[2], "line 3 is line 3");
+        assert!(lines[4].starts_with("CREATE INDEX idx_a"));
+        assert_eq!(lines.len(), 5, "nothing after the Down marker: {lines:?}");
+    }
+
+    #[test]
+    fn the_log_says_per_file_what_was_done_and_names_a_bad_files_line() {
+        let a = parse_migration("001_a.sql", "-- +goose Up\nSELECT 1;\n").unwrap();
+        let b = parse_migration("002_b.sql", "-- +goose Up\nSELECT 2;\n").unwrap();
+        let c = parse_migration("003_c.sql", "-- +goose Up\n\nGARBAGE;\n").unwrap();
+        let all = [a.clone(), b.clone(), c.clone()];
+        let log = format!(
+            "migration {}: already applied\nmigration {}: applied\n",
+            config_map_key(&a),
+            config_map_key(&b)
+        );
+        assert_eq!(
+            read_log(&log, &all).unwrap(),
+            [
+                ("001_a.sql".to_string(), Fate::AlreadyApplied),
+                ("002_b.sql".to_string(), Fate::Applied)
+            ]
+        );
+        let failed = format!(
+            "{log}psql:/migrations/{}:3: ERROR:  syntax error at or near \"GARBAGE\"\n",
+            config_map_key(&c)
+        );
+        let error = read_log(&failed, &all).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "migration 003_c.sql, line 3: syntax error at or near \"GARBAGE\"; nothing of that \
+             file was applied (the files before it were)"
+        );
+        // "already exists" is tolerated, not an error.
+        let tolerated = format!(
+            "psql:/migrations/{}:2: ERROR:  relation \"t\" already exists\n",
+            config_map_key(&a)
+        );
+        assert!(read_log(&tolerated, &all).unwrap().is_empty());
     }
 }
