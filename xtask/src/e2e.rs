@@ -6,6 +6,7 @@
 //! in flight and removes what the run created (unless `--keep-cluster`); a
 //! second Ctrl-C exits at once.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -877,6 +878,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             None => None,
         };
         let last = last_report(&crate::e2e_dir(), service.name(), &options.state_dir, &name);
+        let per_pattern = setup_per_pattern(&crate::e2e_dir(), service.name());
         rows.push(serde_json::json!({
             "service": service.name(),
             "default_pattern": service.default_pattern(),
@@ -885,12 +887,14 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             "provider": found.map(|c| c.provider),
             "nodes": found.map(|c| c.nodes.clone()).unwrap_or_default(),
             "api": api,
+            "setup_seconds_by_pattern": per_pattern,
             "last_run": last.as_ref().map(|(id, report)| match report {
                 Ok(report) => serde_json::json!({
                     "run_id": id,
                     "pattern": report["pattern"],
                     "ok": report["ok"],
                     "wall_seconds": report["wall_seconds"],
+                    "tests": test_note(report).map(|n| tests_cell(&n)),
                 }),
                 Err(problem) => serde_json::json!({"run_id": id, "problem": problem}),
             }),
@@ -919,16 +923,31 @@ pub async fn status(args: StatusArgs) -> Result<()> {
                 run["problem"].as_str().unwrap_or_default()
             ),
             Some(run) => format!(
-                "last run {} ({}): {} in {:.1}s",
+                "last run {} ({}): {} in {:.1}s{}",
                 run["run_id"].as_str().unwrap_or_default(),
                 run["pattern"].as_str().unwrap_or_default(),
                 if run["ok"] == true { "ok" } else { "FAILED" },
-                run["wall_seconds"].as_f64().unwrap_or_default()
+                run["wall_seconds"].as_f64().unwrap_or_default(),
+                run["tests"]
+                    .as_str()
+                    .map(|t| format!(", tests {t}"))
+                    .unwrap_or_default()
             ),
             None => "no run yet".to_string(),
         };
+        let patterns = row["setup_seconds_by_pattern"]
+            .as_object()
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                let each: Vec<String> = m
+                    .iter()
+                    .map(|(p, s)| format!("{p} {:.1}s", s.as_f64().unwrap_or_default()))
+                    .collect();
+                format!("; setup by pattern: {}", each.join(", "))
+            })
+            .unwrap_or_default();
         println!(
-            "{:<14} default {:<9}  cluster {cluster}; {last}",
+            "{:<14} default {:<9}  cluster {cluster}; {last}{patterns}",
             row["service"].as_str().unwrap_or_default(),
             row["default_pattern"].as_str().unwrap_or_default()
         );
@@ -939,6 +958,53 @@ pub async fn status(args: StatusArgs) -> Result<()> {
 /// The newest run of `service` (its folder last written), with its report,
 /// or why there is none to read: a run in progress, one that left no report
 /// (killed) or an unreadable report is said so, never taken for "no run yet".
+/// The suite's note (`ok. 7 passed; ...`) in a report, if the suite ran.
+fn test_note(report: &serde_json::Value) -> Option<String> {
+    report["tasks"]
+        .as_array()?
+        .iter()
+        .find(|t| t["kind"] == "test" && t["note"].is_string())
+        .and_then(|t| t["note"].as_str().map(str::to_string))
+}
+
+/// Per provider and pattern (`kind pipelined`), the setup time (until the
+/// suite started) of the service's latest successful run under it.
+fn setup_per_pattern(runs_dir: &Path, service: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("{service}-");
+    let mut runs: Vec<(std::time::SystemTime, serde_json::Value)> = std::fs::read_dir(runs_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("report.json")).ok()?;
+            let modified = e.metadata().ok()?.modified().ok()?;
+            Some((modified, serde_json::from_str(&text).ok()?))
+        })
+        .collect();
+    runs.sort_by_key(|(modified, _)| *modified);
+    let mut latest = BTreeMap::new();
+    for (_, report) in runs.into_iter().filter(|(_, r)| r["ok"] == true) {
+        let Some(pattern) = report["pattern"].as_str() else {
+            continue;
+        };
+        let suite_start = report["tasks"].as_array().and_then(|tasks| {
+            tasks
+                .iter()
+                .find(|t| t["kind"] == "test")
+                .and_then(|t| t["start_seconds"].as_f64())
+        });
+        if let Some(seconds) = suite_start.or(report["wall_seconds"].as_f64()) {
+            let provider = report["cluster"]["provider"].as_str().unwrap_or("?");
+            latest.insert(
+                format!("{provider} {pattern}"),
+                (seconds * 10.0).round() / 10.0,
+            );
+        }
+    }
+    latest
+}
+
 fn last_report(
     runs_dir: &Path,
     service: &str,

@@ -243,6 +243,10 @@ pub async fn run(
     if options.coverage {
         // Before diagnostics and teardown: the workloads still run.
         let coverage = match context.cluster() {
+            // Teardown first: a signal must not wait for workloads to stop.
+            _ if interrupted.is_cancelled() => {
+                crate::coverage::CoverageReport::not_collected("the run was interrupted")
+            }
             _ if options.provider == Provider::Sim => {
                 crate::coverage::CoverageReport::not_collected("the sim cluster runs no containers")
             }
