@@ -232,20 +232,26 @@ pub async fn collect(
             note: None,
         };
         let dir = out_dir.join(&target.name);
-        let has_data = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+        // Go writes covmeta.* at start and covcounters.* only at exit: a
+        // process killed, or still running, has no counters to count.
+        let has_counters = std::fs::read_dir(&dir).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("covcounters."))
+        });
         if let Err(why) = &copied {
             entry.note = Some(why.clone());
-        } else if !has_data {
-            entry.note = Some(match stopped.get(&target.name) {
-                Some(Err(why)) => why.clone(),
-                _ => format!(
-                    "no coverage data in {}: its binary was not built with `-cover` (a Go \
-                     build with GOFLAGS=-cover writes it when the process exits)",
-                    target.node_dir(run_id)
-                ),
-            });
+        } else if let Some(Err(why)) = stopped.get(&target.name) {
+            entry.note = Some(why.clone());
+        } else if !has_counters {
+            entry.note = Some(format!(
+                "no coverage counters in {}: its binary was not built with `-cover`, or its \
+                 process did not exit normally (a Go build with GOFLAGS=-cover writes them \
+                 when the process exits)",
+                target.node_dir(run_id)
+            ));
         } else {
             match read(&dir, out_dir, &target.name).await {
+                Ok((_, 0, _)) => entry.note = Some("the profile lists no statements".into()),
                 Ok((covered, total, profile)) => {
                     entry.percent = Some(percent(covered, total));
                     entry.statements = Some((covered, total));

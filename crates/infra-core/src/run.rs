@@ -240,8 +240,25 @@ pub async fn run(
     if interrupted.is_cancelled() {
         report.mark_interrupted();
     }
+    if let Some((task, message)) = &report.failure {
+        let _ = std::fs::write(run_dir.join("error.txt"), format!("{task}: {message}\n"));
+    }
+
+    if !execution.ok()
+        && let Some(cluster) = context.cluster()
+    {
+        collect_diagnostics(
+            engine,
+            cluster,
+            &run_dir.join("diagnostics"),
+            &cluster_options,
+        )
+        .await;
+    }
+
     if options.coverage {
-        // Before diagnostics and teardown: the workloads still run.
+        // After diagnostics (stopping the workloads deletes their pods),
+        // before teardown.
         let coverage = match context.cluster() {
             // Teardown first: a signal must not wait for workloads to stop.
             _ if interrupted.is_cancelled() => {
@@ -263,21 +280,6 @@ pub async fn run(
             }
         };
         report.coverage = Some(coverage);
-    }
-    if let Some((task, message)) = &report.failure {
-        let _ = std::fs::write(run_dir.join("error.txt"), format!("{task}: {message}\n"));
-    }
-
-    if !execution.ok()
-        && let Some(cluster) = context.cluster()
-    {
-        collect_diagnostics(
-            engine,
-            cluster,
-            &run_dir.join("diagnostics"),
-            &cluster_options,
-        )
-        .await;
     }
 
     let keep = options.keep_cluster || options.reuse_cluster;

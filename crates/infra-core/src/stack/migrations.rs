@@ -135,7 +135,8 @@ pub fn parse_migration(file: &str, text: &str) -> Result<Migration, MigrationErr
     if section.is_none() {
         return Err(invalid("it has no `-- +goose Up` annotation"));
     }
-    let concurrently = Regex::new(r"(?i)\bCONCURRENTLY\b\s*").expect("a valid regex");
+    // Spaces only: a newline eaten here would shift psql's line numbers.
+    let concurrently = Regex::new(r"(?i)\bCONCURRENTLY\b[ \t]*").expect("a valid regex");
     Ok(Migration {
         version,
         file: file.to_string(),
@@ -163,7 +164,7 @@ pub fn digest(migrations: &[Migration]) -> String {
 /// were recorded), the file is applied again statement by statement,
 /// tolerating those, as the original did; any other error fails.
 pub const SCRIPT: &str = r#"set -u
-until pg_isready -q; do sleep 1; done
+n=0; until pg_isready -q; do n=$((n+1)); [ $n -ge 120 ] && { echo "PostgreSQL did not answer in 120 s" >&2; exit 1; }; sleep 1; done
 psql -v ON_ERROR_STOP=1 -qc 'CREATE TABLE IF NOT EXISTS e2e_schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())' || exit 1
 dir=${MIGRATIONS_DIR:-/migrations}
 for file in $(ls "$dir" | sort); do
@@ -181,7 +182,7 @@ for file in $(ls "$dir" | sort); do
   fi
   out=$(psql -f "$dir/$file" 2>&1); echo "$out"
   if echo "$out" | grep 'ERROR:' | grep -qv 'already exists'; then
-    echo "migration $file failed" >&2; exit 1
+    echo "migration $file: partly applied" ; echo "migration $file failed" >&2; exit 1
   fi
   psql -v ON_ERROR_STOP=1 -qc "$record" || exit 1
   echo "migration $file: applied"
@@ -192,7 +193,18 @@ done
 /// The Job is named after the files' digest: a reused cluster re-applies
 /// nothing, not even a Job.
 pub fn component(pg: &PostgresConfig, migrations: &[Migration], timeout: Duration) -> Component {
-    let name = format!("migrations-{}", &digest(migrations)[..12]);
+    // Everything in the Job's template, since a Job's template cannot change.
+    let mut hasher = Sha256::new();
+    for part in [
+        digest(migrations).as_str(),
+        SCRIPT,
+        &pg.image,
+        &pg.secret_name(),
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let name = format!("migrations-{}", &hex::encode(hasher.finalize())[..12]);
     component_named(pg, migrations, timeout, &name, None)
 }
 
@@ -243,6 +255,8 @@ pub fn component_named(
     if let Some(ttl) = ttl_seconds {
         job.data["spec"]["ttlSecondsAfterFinished"] = json!(ttl);
     }
+    // A Job that cannot finish is stopped, not left looping.
+    job.data["spec"]["activeDeadlineSeconds"] = json!(timeout.as_secs().max(1));
     Component {
         name: "migrations".into(),
         objects: vec![
@@ -273,11 +287,18 @@ pub enum ApplyError {
          `--keep-cluster` first"
     )]
     NoDatabase { namespace: String, name: String },
-    #[error("{}: {message}; nothing of that file was applied (the files before it were)", location(file, *line))]
+    #[error("{}: {message}; {}", location(file, *line), if *partial {
+        "it was being applied statement by statement (some of its objects already existed), \
+         so the statements before that line stayed applied"
+    } else {
+        "nothing of that file was applied (the files before it were)"
+    })]
     Sql {
         file: String,
         line: Option<usize>,
         message: String,
+        /// Applied outside a transaction (the "already exists" fallback).
+        partial: bool,
     },
     #[error("the migrations Job {job} failed: {problem}")]
     Job { job: String, problem: String },
@@ -359,6 +380,10 @@ pub async fn apply(
             log.push_str(&text);
         }
     }
+    // The Job goes by itself (its TTL); its ConfigMap has no owner.
+    let _ = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &pg.namespace)
+        .delete(&job, &Default::default())
+        .await;
     let fates = read_log(&log, migrations)?;
     if let Err(e) = waited {
         return Err(ApplyError::Job {
@@ -404,10 +429,13 @@ pub fn read_log(log: &str, migrations: &[Migration]) -> Result<Vec<(String, Fate
             _ => (place, None),
         };
         let key = path.rsplit('/').next().unwrap_or(path);
+        let file = file_of(key);
+        let partial = log.contains(&format!("migration {key}: partly applied"));
         return Err(ApplyError::Sql {
-            file: file_of(key),
+            file,
             line: number,
             message: message.trim().to_string(),
+            partial,
         });
     }
     Ok(fates)
@@ -662,6 +690,19 @@ esac
             error,
             "migration 003_c.sql, line 3: syntax error at or near \"GARBAGE\"; nothing of that \
              file was applied (the files before it were)"
+        );
+        // Applied statement by statement after "already exists": says so.
+        let partly = format!(
+            "psql:/migrations/{key}:2: ERROR:  relation \"t\" already exists\n\
+             psql:/migrations/{key}:3: ERROR:  syntax error at or near \"GARBAGE\"\n\
+             migration {key}: partly applied\n",
+            key = config_map_key(&c)
+        );
+        let error = read_log(&partly, &all).unwrap_err().to_string();
+        assert!(
+            error.starts_with("migration 003_c.sql, line 3: syntax error")
+                && error.contains("the statements before that line stayed applied"),
+            "{error}"
         );
         // "already exists" is tolerated, not an error.
         let tolerated = format!(
