@@ -309,6 +309,9 @@ async fn e2e_all(args: E2eArgs) -> Result<ExitCode> {
             Err(error) => {
                 eprintln!("\nerror: {name}: {error:#}");
                 all_ok = false;
+                reports.push(serde_json::json!({
+                    "service": name, "ok": false, "error": format!("{error:#}")
+                }));
             }
         }
     }

@@ -43,6 +43,16 @@ fn go_caches() -> &'static [(String, String)] {
     })
 }
 
+/// Runs `down <service>` when dropped: a test keeping a cluster leaves
+/// nothing behind when an assert fails.
+struct DownOnDrop<'a>(&'a Cli, &'static str);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["down", self.1]);
+    }
+}
+
 struct Cli {
     home: tempfile::TempDir,
     /// The engine the commands use: the one the test inspects.
@@ -336,6 +346,8 @@ async fn datastorage_e2e_on_a_real_kind_cluster_runs_every_suite_test_live() {
     let _one_at_a_time = DATASTORAGE_CLUSTER.lock().await;
     let cli = Cli::on(offline.engine.endpoint());
     let output = cli.run(&["e2e", "datastorage", "--keep-cluster", "--json"]);
+    // Whatever fails below, the kept cluster goes.
+    let _down = DownOnDrop(&cli, "datastorage");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "the kind run failed:\n{stderr}");
     let report = report(&String::from_utf8_lossy(&output.stdout));

@@ -338,6 +338,8 @@ async fn copy_out(
     out_dir: &Path,
 ) -> Result<(), String> {
     let path = format!("{NODE_DIR}/{run_id}");
+    // Every node is tried (and cleaned) even when one fails.
+    let mut failures = Vec::new();
     for node in &cluster.nodes {
         let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::default()
             .path(&path)
@@ -347,6 +349,7 @@ async fn copy_out(
             .download_from_container(&node.name, Some(options));
         let mut archive = Vec::new();
         let mut missing = false;
+        let mut failed = None;
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => archive.extend_from_slice(&bytes),
@@ -357,19 +360,30 @@ async fn copy_out(
                     missing = true;
                     break;
                 }
-                Err(e) => return Err(format!("copying {path} out of node {}: {e}", node.name)),
+                Err(e) => {
+                    failed = Some(format!("copying {path} out of node {}: {e}", node.name));
+                    break;
+                }
             }
         }
         if missing {
             continue;
         }
-        unpack(&archive, run_id, out_dir)
-            .map_err(|e| format!("unpacking {path} from node {}: {e}", node.name))?;
+        if failed.is_none()
+            && let Err(e) = unpack(&archive, run_id, out_dir)
+        {
+            failed = Some(format!("unpacking {path} from node {}: {e}", node.name));
+        }
+        failures.extend(failed);
         // The data is in the run folder now; the node (and the repository's
         // `coverdata` folder mounted there) keeps nothing of this run.
         let _ = engine.exec(&node.name, &["rm", "-rf", &path]).await;
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 /// Writes the regular files of an archive of `<run-id>/<workload>/<file>`
